@@ -220,7 +220,10 @@ class Task(BaseModel):
         # An unknown status word is treated as still running: polling goes on within its budget.
         status: TaskStatus = _STATUS_ALIASES.get(key, "PROCESSING")
         output = body.get("output", body.get("result"))
-        found_id = body.get("task_id", body.get("id", task_id))
+        found_id = next(
+            (place[key] for place in (body, payload) for key in ("task_id", "id") if place.get(key)),
+            task_id,
+        )
         if found_id is None:
             raise ValueError("task body has no 'task_id'")
         return cls(
