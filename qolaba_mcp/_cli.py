@@ -31,6 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level for messages on stderr (default: WARNING)",
     )
+    serve = parser.add_argument_group("serving (the default command)")
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio (default; what desktop hosts launch) or Streamable HTTP at /mcp",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP: port to listen on (default: 8000)")
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        help="HTTP: no sessions; every request stands alone, so replicas can share a load balancer",
+    )
+    serve.add_argument(
+        "--api-base-url", default=None, help="Qolaba API base URL (overrides QOLABA_API_BASE_URL)"
+    )
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="start a local sandbox in-process and use it: try everything with no key and no network",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sandbox = commands.add_parser(
@@ -63,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--random-seed", type=int, default=None, help="seed the fault dice")
 
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
-        help="round trip against a local sandbox: generate, poll, save PNGs under ./out",
-        description="Start a sandbox, generate an image asynchronously, and save the PNGs under ./out.",
+        help="show the server at work: list_models and generate_image over stdio, PNGs saved under ./out",
+        description="Start a sandbox on a free port, launch qolaba-mcp over stdio with a real MCP client, "
+        "call list_models and generate_image with a live progress bar, and save the PNGs under ./out.",
     )
+    demo.add_argument(
+        "--live", action="store_true", help="use the real Qolaba API (needs QOLABA_API_KEY) instead of a sandbox"
+    )
+    demo.add_argument("--out", default="out", help="folder for the PNGs (default: ./out)")
     return parser
 
 
@@ -92,6 +119,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from ._demo import run_demo
 
-        return run_demo()
-    build_parser().print_help(sys.stderr)
-    return 2
+        return run_demo(live=args.live, out=args.out)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ._config import Settings
+    from ._server import build_server
+
+    overrides: dict[str, object] = {}
+    if args.api_base_url:
+        overrides["api_base_url"] = args.api_base_url
+    sandbox = None
+    if args.sandbox:
+        from .sandbox import SandboxServer
+
+        sandbox = SandboxServer().start()
+        overrides["api_base_url"] = sandbox.base_url
+        overrides["api_key"] = "sandbox"
+        logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        print(f"qolaba-mcp: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    server = build_server(settings)
+    try:
+        if args.transport == "http":
+            from ._http import serve_http
+
+            serve_http(server, host=args.host, port=args.port, stateless=args.stateless, log_level=args.log_level)
+        else:
+            server.run("stdio")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sandbox is not None:
+            sandbox.stop()
+    return 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ._errors import MissingApiKeyError
 
 DEFAULT_BASE_URL = "https://api.platform.qolaba.ai"
 
@@ -44,11 +44,19 @@ class Settings(BaseSettings):
         description="Seconds to wait for a synchronous (celery=false) generation response.",
     )
 
-    def require_api_key(self) -> str:
-        """The key's value, or a MissingApiKeyError naming the variable to set."""
-        if self.api_key is None or not self.api_key.get_secret_value().strip():
-            raise MissingApiKeyError(
-                "No Qolaba API key is configured: set the QOLABA_API_KEY environment variable "
-                "(or point QOLABA_API_BASE_URL at the sandbox, which accepts any key)."
-            )
-        return self.api_key.get_secret_value().strip()
+    models_file: Path | None = Field(
+        default=None,
+        description="JSON file of models that adds to or overrides the built-in catalogue.",
+    )
+    max_wait_seconds: float = Field(
+        default=50.0,
+        ge=0,
+        le=3600,
+        description="Upper bound for a tool call's wait_seconds (keep it under your host's tool timeout).",
+    )
+    poll_min_interval: float = Field(
+        default=0.25, gt=0, le=60, description="Seconds between the first task polls."
+    )
+    poll_max_interval: float = Field(
+        default=2.0, gt=0, le=300, description="Longest gap between task polls."
+    )

@@ -1,53 +1,108 @@
-"""``make demo``: a round trip against a sandbox on a free port; PNGs land under ./out."""
+"""``qolaba-mcp demo``: the server at work, seen from a real MCP client over stdio.
+
+Starts a sandbox on a free port (or, with ``--live``, uses the real API), launches ``qolaba-mcp`` as a stdio
+subprocess, calls list_models and then generate_image with a live progress bar, and saves the PNGs.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
+from mcp import Client, StdioServerParameters
 
-from ._client import QolabaClient
-from ._models import GenerateRequest, GenerateResult, Task
 from .sandbox import SandboxConfig, SandboxServer
 
+PROMPT = "A photorealistic cat sitting on the Eiffel Tower at sunset"
 
-async def _round_trip(base_url: str, out: Path) -> None:
-    async with QolabaClient(base_url=base_url, api_key="sandbox-key") as client:
-        request = GenerateRequest(
-            model="vertex/nano-banana-flash",
-            prompt="A photorealistic cat sitting on the Eiffel Tower at sunset",
-            aspect_ratio="16:9",
-            num_images=2,
-            celery=True,
-        )
-        created = await client.generate(request)
-        print(f"submitted {created.task_id}")
+
+class _Bar:
+    """A one-line progress bar on a terminal; plain lines when output is piped (CI logs)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.count = 0
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        self.count += 1
+        fraction = min(progress / total, 1.0) if total else 0.0
+        filled = int(fraction * 30)
+        bar = "#" * filled + "-" * (30 - filled)
+        line = f"  [{bar}] {fraction:4.0%}  {message or ''}"
+        if self.tty:
+            print(f"\r{line:<100}", end="", flush=True)
+        else:
+            print(line, flush=True)
+
+    def done(self) -> None:
+        if self.tty and self.count:
+            print()
+
+
+def _server_env(base_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_") or k == "QOLABA_API_KEY"}
+    if base_url is not None:
+        env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY="sandbox-demo-key")
+    return env
+
+
+async def _show(base_url: str | None, out: Path) -> int:
+    params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=_server_env(base_url))
+    async with Client(params) as client:
+        print(f"connected to qolaba-mcp over stdio (protocol {client.protocol_version})")
+        models = await client.call_tool("list_models", {"capability": "text-to-image"})
+        listed = (models.structured_content or {}).get("models", [])
+        print(f"list_models: {len(listed)} text-to-image models, e.g. {', '.join(m['id'] for m in listed[:3])}")
+
+        arguments: dict[str, Any] = {
+            "model": "vertex/nano-banana-flash",
+            "prompt": PROMPT,
+            "aspect_ratio": "16:9",
+            "num_images": 2,
+            "mode": "async",
+            "wait_seconds": 40,
+        }
+        print(f"generate_image: {arguments['num_images']} images, async, waiting up to 40 s")
+        bar = _Bar()
         started = time.monotonic()
-        while True:
-            task: Task = await client.get_task(created.task_id)
-            print(f"  {task.status:<10} {time.monotonic() - started:5.1f} s")
-            if task.done:
-                break
-            await anyio.sleep(0.5)
-        if task.status != "SUCCESS":
-            raise SystemExit(f"task failed: {task.error}")
+        result = await client.call_tool("generate_image", arguments, progress_callback=bar)
+        bar.done()
+        data = result.structured_content or {}
+        if result.is_error or data.get("status") != "SUCCESS":
+            text = result.content[0].text if result.content else ""  # type: ignore[union-attr]
+            print(f"generation did not finish: {text}", file=sys.stderr)
+            return 1
+        print(f"done in {time.monotonic() - started:.1f} s with {bar.count} progress notifications")
         out.mkdir(parents=True, exist_ok=True)
-        async with httpx2.AsyncClient() as http:
-            for index, image in enumerate(task.images):
-                data = (await http.get(image.url)).content
-                path = out / f"{task.task_id}_{index}.png"
-                path.write_bytes(data)
-                print(f"saved {path} ({image.width}x{image.height}, {len(data)} bytes)")
-        usage = task.usage
-        if usage:
-            print(f"cost: {usage.cost_credits} credits (${usage.cost_usd})")
-
-
-def run_demo() -> int:
-    _ = GenerateResult
-    with SandboxServer(SandboxConfig(latency=2.0)) as sandbox:
-        print(f"sandbox on {sandbox.base_url}")
-        anyio.run(_round_trip, sandbox.base_url, Path("out"))
+        async with httpx2.AsyncClient(timeout=60) as http:
+            for index, image in enumerate(data["images"]):
+                response = await http.get(image["url"])
+                response.raise_for_status()
+                path = out / f"{data['task_id']}_{index}.png"
+                path.write_bytes(response.content)
+                print(f"saved {path}  {image['width']}x{image['height']}  {len(response.content):,} bytes")
+        usage = data.get("usage") or {}
+        print(f"reported cost: {usage.get('cost_credits')} credits (${usage.get('cost_usd')})")
     return 0
+
+
+def run_demo(*, live: bool = False, out: str = "out") -> int:
+    with ExitStack() as stack:
+        base_url = None
+        if live:
+            if not os.environ.get("QOLABA_API_KEY"):
+                print("qolaba-mcp demo --live: set QOLABA_API_KEY first", file=sys.stderr)
+                return 2
+            print("using the real Qolaba API: this generation is billed")
+        else:
+            sandbox = stack.enter_context(SandboxServer(SandboxConfig(latency=4.0)))
+            base_url = sandbox.base_url
+            print(f"sandbox running on {base_url} (no key, no network)")
+        return anyio.run(_show, base_url, Path(out))
+    return 1

@@ -24,6 +24,7 @@ class QolabaError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.task_id: str | None = None  # set where the failure concerns a task that exists
 
 
 class MissingApiKeyError(QolabaError):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from pydantic import ValidationError
 
+from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._config import DEFAULT_BASE_URL, Settings
 from qolaba_mcp._errors import MissingApiKeyError
 
@@ -17,8 +19,9 @@ def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.api_base_url == DEFAULT_BASE_URL == "https://api.platform.qolaba.ai"
     assert settings.api_key is None
+    client = QolabaClient(base_url=settings.api_base_url, api_key=settings.api_key)
     with pytest.raises(MissingApiKeyError, match="QOLABA_API_KEY"):
-        settings.require_api_key()
+        anyio.run(client.get_task, "t1")
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +29,7 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QOLABA_API_BASE_URL", "http://127.0.0.1:8765")
     monkeypatch.setenv("QOLABA_REQUEST_TIMEOUT", "12.5")
     settings = Settings()
-    assert settings.require_api_key() == KEY
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == KEY
     assert settings.api_base_url == "http://127.0.0.1:8765" and settings.request_timeout == 12.5
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
 

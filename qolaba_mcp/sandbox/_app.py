@@ -87,6 +87,9 @@ class SandboxConfig(BaseModel):
         default="output-object", description="Where a finished task's images appear in the poll body."
     )
     random_seed: int | None = Field(default=None, description="Seed for fault dice and default seeds.")
+    api_keys: list[str] | None = Field(
+        default=None, description="When set, only these keys are accepted (others get 401); else any key."
+    )
 
 
 @dataclass
@@ -265,9 +268,9 @@ class Sandbox:
     async def _generate(self, request: Request) -> Response:
         state = self.state
         state.counters["submit_requests"] += 1
-        if not _has_key(request):
-            state.counters["unauthorized"] += 1
-            return _error(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
+        refusal = self._refuse_key(request)
+        if refusal is not None:
+            return refusal
         if state.roll("rate_limit", "submit"):
             return _rate_limited(state.config.retry_after)
         if state.roll("server_error", "submit"):
@@ -302,9 +305,9 @@ class Sandbox:
         state = self.state
         state.counters["polls"] += 1
         task_id = request.path_params["task_id"]
-        if not _has_key(request):
-            state.counters["unauthorized"] += 1
-            return _error(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
+        refusal = self._refuse_key(request)
+        if refusal is not None:
+            return refusal
         state.polls_by_task[task_id] += 1
         if state.roll("rate_limit", "poll"):
             return _rate_limited(state.config.retry_after)
@@ -349,6 +352,15 @@ class Sandbox:
         return JSONResponse(self.state.config.model_dump(mode="json"))
 
     # --- internals -----------------------------------------------------------------------------------
+
+    def _refuse_key(self, request: Request) -> Response | None:
+        key = _api_key(request)
+        if key and (self.state.config.api_keys is None or key in self.state.config.api_keys):
+            return None
+        self.state.counters["unauthorized"] += 1
+        if not key:
+            return _error(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
+        return _error(401, "Unauthorized", "Invalid API key.")
 
     async def _parse(
         self, request: Request
@@ -461,10 +473,10 @@ def _count(task: _Task) -> int:
     return task.request.num_images or 1
 
 
-def _has_key(request: Request) -> bool:
+def _api_key(request: Request) -> str:
     key = request.headers.get("x-api-key", "").strip()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return bool(key) or (scheme.lower() == "bearer" and bool(token.strip()))
+    return key or (token.strip() if scheme.lower() == "bearer" else "")
 
 
 def _rate_limited(retry_after: float) -> JSONResponse:
