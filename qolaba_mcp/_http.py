@@ -26,4 +26,5 @@ def serve_http(server: MCPServer, *, host: str, port: int, stateless: bool, log_
         port=port,
         log_level=log_level.lower(),
         access_log=log_level.upper() == "DEBUG",
+        log_config=None,  # our stderr logging, never stdout
     )

@@ -171,7 +171,7 @@ def _add_generate_image(server: MCPServer, settings: Settings) -> None:
             )
         except QolabaError as exc:
             raise ToolError(_explain(exc, app.catalog, model=request.model)) from exc
-        return _result(generation, wait_seconds)
+        return _result(generation, wait_seconds, max_wait=settings.max_wait_seconds)
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
     _set_signature(
@@ -206,7 +206,7 @@ def _add_get_task(server: MCPServer, settings: Settings) -> None:
         except QolabaError as exc:
             exc.task_id = exc.task_id or task_id
             raise ToolError(_explain(exc, app.catalog)) from exc
-        return _result(generation, wait_seconds)
+        return _result(generation, wait_seconds, max_wait=settings.max_wait_seconds)
 
     _set_signature(
         get_task,
@@ -285,19 +285,19 @@ def _progress_sender(ctx: Context[AppContext]) -> Callable[[float, float | None,
 def _model_line(model: ModelInfo) -> str:
     status = "documented" if model.documented else "assumed"
     return (
-        f"{model.id} ({model.display_name}): {', '.join(model.capabilities)}; up to {model.max_images} "
-        f"images; aspect ratios {', '.join(model.aspect_ratios)}; quality {', '.join(model.qualities)}; "
+        f"{model.id} ({model.display_name}): {', '.join(model.capabilities)}; max images {model.max_images}; "
+        f"aspect ratios {', '.join(model.aspect_ratios)}; quality {', '.join(model.qualities)}; "
         f"parameters {', '.join(model.parameters)} [{status}]"
     )
 
 
-def _result(generation: Generation, wait_seconds: float) -> CallToolResult:
+def _result(generation: Generation, wait_seconds: float, *, max_wait: float) -> CallToolResult:
     result = GenerationResult(**generation.model_dump())
     if not generation.done:
         result.next_step = (
             f'Not finished after waiting {wait_seconds:g} s. Call get_task with task_id="{generation.task_id}" '
-            f"and wait_seconds={max(wait_seconds, 30):g} to keep waiting. Do not call generate_image again: "
-            "the task is already running."
+            f"and wait_seconds={min(max(wait_seconds, 30), max_wait):g} to keep waiting. Do not call "
+            "generate_image again: the task is already running."
         )
     content: list[TextContent | ResourceLink] = [TextContent(text=_summary(result))]
     for index, image in enumerate(result.images):

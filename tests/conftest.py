@@ -1,8 +1,121 @@
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
 import pytest
+from mcp import Client, StdioServerParameters
+
+from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
+
+SERVER_KEY = "qk_test_server_key_5f2c9e1d"
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def shared_sandbox() -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(shared_sandbox: SandboxServer) -> SandboxServer:
+    """The session's sandbox, back at its defaults with empty counters (fast generations)."""
+    shared_sandbox.sandbox.state.config = SandboxConfig(latency=0.5)
+    shared_sandbox.sandbox.state.reset()
+    return shared_sandbox
+
+
+def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
+    """The environment for a qolaba-mcp subprocess: this one's, minus any QOLABA_* settings, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_")}
+    env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY=SERVER_KEY, QOLABA_MAX_WAIT_SECONDS="30",
+               QOLABA_POLL_MAX_INTERVAL="0.5")
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class HttpServer:
+    """``qolaba-mcp --transport http`` in a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qolaba_mcp", "--transport", "http", "--port", str(self.port), *args],
+            env=env,
+            stdout=self._out,
+            stderr=self._err,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the HTTP server exited: {self.stop()[1]}")
+            try:
+                httpx2.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                return
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("the HTTP server did not start in 30 s")
+
+    def stop(self) -> tuple[str, str]:
+        """Stop the server; its stdout and stderr."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        texts = []
+        for file in (self._out, self._err):
+            file.seek(0)
+            texts.append(file.read().decode(errors="replace"))
+        return texts[0], texts[1]
+
+
+@pytest.fixture(scope="session")
+def http_server(shared_sandbox: SandboxServer) -> Iterator[HttpServer]:
+    server = HttpServer(server_env(shared_sandbox.base_url))
+    yield server
+    server.stop()
+
+
+@asynccontextmanager
+async def connect(
+    transport: str, mode: str, *, base_url: str, http_url: str | None = None, **env: str | None
+) -> AsyncIterator[Client]:
+    """An SDK Client on qolaba-mcp over a real stdio subprocess or real HTTP."""
+    target: Any
+    if transport == "stdio":
+        target = StdioServerParameters(
+            command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(base_url, **env)
+        )
+    else:
+        target = http_url
+    async with Client(target, mode=mode) as client:  # type: ignore[arg-type]
+        yield client

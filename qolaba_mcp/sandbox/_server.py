@@ -68,4 +68,4 @@ class SandboxServer:
 
 def serve(config: SandboxConfig, *, host: str, port: int) -> None:
     """Serve the sandbox in the foreground until interrupted (the ``qolaba-mcp sandbox`` command)."""
-    uvicorn.run(Sandbox(config), host=host, port=port, log_level="info", lifespan="off")
+    uvicorn.run(Sandbox(config), host=host, port=port, log_level="info", lifespan="off", log_config=None)

@@ -1,0 +1,93 @@
+"""The job lifecycle's policies, and its retry rules against the sandbox over loopback."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from qolaba_mcp._client import QolabaClient
+from qolaba_mcp._errors import NetworkError, RateLimitError
+from qolaba_mcp._jobs import Jobs, PollPolicy, RetryPolicy, _Progress
+from qolaba_mcp._models import GenerateRequest
+from qolaba_mcp.sandbox import Fault, SandboxServer
+
+pytestmark = pytest.mark.anyio
+
+
+def test_poll_backoff_starts_quick_and_is_capped() -> None:
+    policy = PollPolicy(min_interval=0.25, max_interval=2.0, growth=1.5)
+    delays = [policy.delay(polls=n, progress=None, running_for=None) for n in range(10)]
+    assert delays[0] == 0.25 and delays[1] == 0.375
+    assert delays == sorted(delays) and max(delays) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("progress", "running_for", "expected"),
+    [(0.5, 1.0, 1.0), (0.9, 9.0, 1.0), (0.99, 10.0, 0.25), (0.1, 1.0, 2.0)],
+)
+def test_poll_aims_at_the_predicted_end(progress: float, running_for: float, expected: float) -> None:
+    policy = PollPolicy(min_interval=0.25, max_interval=2.0)
+    assert policy.delay(polls=20, progress=progress, running_for=running_for) == pytest.approx(expected)
+
+
+def test_retry_backoff_honours_retry_after_and_jitters() -> None:
+    policy = RetryPolicy(base_backoff=0.5, max_backoff=8, rng=random.Random(1))
+    waits = [policy.backoff(attempt) for attempt in range(8)]
+    assert all(0.25 <= w <= 8 for w in waits) and len(set(waits)) == len(waits)
+    assert policy.backoff(0, retry_after=30) == 30
+
+
+async def test_progress_strictly_increases_whatever_it_is_fed() -> None:
+    seen: list[tuple[float, float | None, str]] = []
+
+    async def record(progress: float, total: float | None, message: str) -> None:
+        seen.append((progress, total, message))
+
+    progress = _Progress(record)
+    for fraction in (None, 0.4, 0.4, 0.2, None, 1.0, 1.0):
+        await progress("PROCESSING", fraction)
+    values = [value for value, _, _ in seen]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
+    assert seen[1][1] == 100.0 and seen[0][1] is None
+
+
+def request() -> GenerateRequest:
+    return GenerateRequest(model="vertex/nano-banana-flash", prompt="cat", celery=True)
+
+
+@pytest.mark.qolaba_sandbox(latency=0)
+async def test_submission_retried_on_429_only_as_often_as_allowed(qolaba_sandbox: SandboxServer) -> None:
+    qolaba_sandbox.configure(faults=[Fault(kind="rate_limit", rate=1, on="submit")], retry_after=0.05)
+    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
+        jobs = Jobs(client=client, retry=RetryPolicy(submit_attempts=4, base_backoff=0.01))
+        with pytest.raises(RateLimitError):
+            await jobs.generate(request(), wait_seconds=5)
+    assert qolaba_sandbox.stats()["submit_requests"] == 4
+
+
+@pytest.mark.qolaba_sandbox(latency=0)
+async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer) -> None:
+    qolaba_sandbox.configure(faults=[Fault(kind="disconnect", rate=1, on="submit")])
+    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
+        with pytest.raises(NetworkError):
+            await Jobs(client=client).generate(request(), wait_seconds=5)
+    stats = qolaba_sandbox.stats()
+    assert stats["submit_requests"] == 1 and stats["submissions"] == 1
+
+
+@pytest.mark.qolaba_sandbox(latency=0.3)
+async def test_poll_failures_are_ridden_out(qolaba_sandbox: SandboxServer) -> None:
+    qolaba_sandbox.configure(
+        faults=[
+            Fault(kind="server_error", rate=0.3, on="poll"),
+            Fault(kind="malformed", rate=0.2, on="poll"),
+            Fault(kind="disconnect", rate=0.2, on="poll"),
+        ],
+        random_seed=11,
+    )
+    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
+        jobs = Jobs(client=client, retry=RetryPolicy(base_backoff=0.05), poll=PollPolicy(min_interval=0.05))
+        generation = await jobs.generate(request(), wait_seconds=20)
+    assert generation.status == "SUCCESS" and generation.images
+    assert qolaba_sandbox.stats()["faults_total"] > 0
