@@ -56,11 +56,13 @@ class PollPolicy:
 
     def delay(self, *, polls: int, progress: float | None, running_for: float | None) -> float:
         backoff = min(self.max_interval, self.min_interval * self.growth**polls)
-        if progress and 0 < progress < 1 and running_for:
-            # The task reports how far along it is: aim the next poll at its expected end.
-            remaining = running_for * (1 - progress) / progress
-            return max(self.min_interval, min(backoff, remaining))
-        return backoff
+        if progress is None or not running_for or progress <= 0:
+            return backoff
+        if progress >= 1:
+            return self.min_interval  # says it is complete but is not done yet: any moment now
+        # The task reports how far along it is: aim the next poll just past its expected end.
+        remaining = running_for * (1 - progress) / progress
+        return max(0.1, min(backoff, remaining + 0.05))
 
 
 @dataclass(frozen=True, kw_only=True)
