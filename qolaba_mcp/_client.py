@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -32,6 +33,7 @@ from ._models import GenerateRequest, GenerateResult, Task, TaskCreated
 log = logging.getLogger("qolaba_mcp.client")
 
 GENERATE_PATH = "/api/v1/images/generate"
+_TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_.:\-]{4,200})"')
 TASK_PATH = "/api/v1/tasks/{task_id}"
 _USER_AGENT = "qolaba-mcp"
 
@@ -77,14 +79,35 @@ class QolabaClient:
         await self._http.aclose()
 
     async def generate(
-        self, request: GenerateRequest, *, api_key: SecretStr | None = None
+        self,
+        request: GenerateRequest,
+        *,
+        api_key: SecretStr | None = None,
+        timeout: float | None = None,
     ) -> GenerateResult | TaskCreated:
-        """Submit a generation: a finished result (sync, 200) or the created task (async, 202)."""
-        timeout = self._request_timeout if request.celery else self._sync_timeout
+        """Submit a generation: a finished result (sync, 200) or the created task (async, 202).
+
+        ``timeout`` shortens the wait for the answer (never lengthens it). A success status whose body is broken
+        but still names the task gives that task rather than an error: the task exists and is paid for.
+        """
+        limit = self._request_timeout if request.celery else self._sync_timeout
+        if timeout is not None and limit.read is not None and timeout < limit.read:
+            limit = httpx2.Timeout(timeout, connect=min(timeout, limit.connect or timeout))
         response = await self._send(
-            "POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=timeout
+            "POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=limit
         )
-        body = _json_object(response)
+        try:
+            body = _json_object(response)
+        except ResponseFormatError:
+            salvaged = _TASK_ID.search(response.text)
+            if salvaged is None:
+                raise
+            log.warning(
+                "unreadable %s answer to a submission names task %s: following it",
+                response.status_code,
+                salvaged[1],
+            )
+            return TaskCreated(task_id=salvaged[1])
         try:
             if response.status_code == 202 or (
                 "status" in body and not body.get("images") and "usage" not in body

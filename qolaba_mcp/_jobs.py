@@ -170,10 +170,12 @@ class Jobs:
     ) -> GenerateResult | TaskCreated:
         """POST the request; retried only where the API provably created nothing (429, connection refused)."""
         deadline = time.monotonic() + min(self._retry.submit_budget, max(budget, 10.0))
+        # An async submission answers at once; a hung one must not hold the call far past its budget.
+        timeout = max(budget, 10.0) if request.celery else None
         attempt = 0
         while True:
             try:
-                return await self._client.generate(request, api_key=api_key)
+                return await self._client.generate(request, api_key=api_key, timeout=timeout)
             except RateLimitError as exc:
                 last: QolabaError = exc
                 wait = self._retry.backoff(attempt, exc.retry_after)

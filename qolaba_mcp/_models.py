@@ -318,5 +318,6 @@ def _flatten_error(value: object) -> str | None:
 def _progress_from(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    fraction = float(value) / 100 if value > 1 else float(value)
+    # An integer is a percentage (0-100); a float up to 1 is a fraction.
+    fraction = float(value) / 100 if isinstance(value, int) or value > 1 else float(value)
     return min(max(fraction, 0.0), 1.0)

@@ -142,7 +142,7 @@ async def test_malformed_json_is_a_format_error(qolaba_sandbox: SandboxServer) -
 async def test_dropped_connection_is_a_network_error_after_sending(
     qolaba_sandbox: SandboxServer,
 ) -> None:
-    qolaba_sandbox.configure(faults=[Fault(kind="disconnect", rate=1.0, on="submit")])
+    qolaba_sandbox.configure(faults=[Fault(kind="lost_response", rate=1.0, on="submit")])
     async with client_for(qolaba_sandbox) as client:
         with pytest.raises(NetworkError) as caught:
             await client.generate(cat(celery=True))

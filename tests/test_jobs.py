@@ -67,11 +67,23 @@ async def test_submission_retried_on_429_only_as_often_as_allowed(qolaba_sandbox
 
 
 @pytest.mark.qolaba_sandbox(latency=0)
-async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer) -> None:
-    qolaba_sandbox.configure(faults=[Fault(kind="disconnect", rate=1, on="submit")])
+@pytest.mark.parametrize(("kind", "created"), [("disconnect", 0), ("lost_response", 1)])
+async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer, kind: str, created: int) -> None:
+    qolaba_sandbox.configure(faults=[Fault(kind=kind, rate=1, on="submit")])  # type: ignore[arg-type]
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        with pytest.raises(NetworkError):
+        with pytest.raises(NetworkError) as caught:
             await Jobs(client=client).generate(request(), wait_seconds=5)
+    assert caught.value.request_sent
+    stats = qolaba_sandbox.stats()
+    assert stats["submit_requests"] == 1 and stats["submissions"] == created
+
+
+@pytest.mark.qolaba_sandbox(latency=0.2)
+async def test_garbled_submission_answer_is_followed_not_resubmitted(qolaba_sandbox: SandboxServer) -> None:
+    qolaba_sandbox.configure(faults=[Fault(kind="malformed", rate=1, on="submit")])
+    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
+        generation = await Jobs(client=client).generate(request(), wait_seconds=10)
+    assert generation.status == "SUCCESS" and generation.images
     stats = qolaba_sandbox.stats()
     assert stats["submit_requests"] == 1 and stats["submissions"] == 1
 

@@ -272,6 +272,7 @@ def test_config_over_http(qolaba_sandbox: SandboxServer) -> None:
         ("429=0.1", Fault(kind="rate_limit", rate=0.1)),
         ("500@poll=0.05", Fault(kind="server_error", rate=0.05, on="poll")),
         ("drop@submit=1", Fault(kind="disconnect", rate=1, on="submit")),
+        ("drop-after=0.5", Fault(kind="lost_response", rate=0.5)),
         ("failed=0.02", Fault(kind="failed_task", rate=0.02)),
         ("MALFORMED=0.01", Fault(kind="malformed", rate=0.01)),
     ],

@@ -26,7 +26,7 @@ from ._png import render_png
 
 log = logging.getLogger("qolaba_mcp.sandbox")
 
-FaultKind = Literal["rate_limit", "server_error", "disconnect", "malformed", "failed_task"]
+FaultKind = Literal["rate_limit", "server_error", "disconnect", "lost_response", "malformed", "failed_task"]
 FaultTarget = Literal["submit", "poll", "both"]
 PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "mixed"]
 _SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level")
@@ -39,6 +39,8 @@ FAULT_ALIASES: dict[str, FaultKind] = {
     "server_error": "server_error",
     "drop": "disconnect",
     "disconnect": "disconnect",
+    "drop-after": "lost_response",
+    "lost_response": "lost_response",
     "malformed": "malformed",
     "failed": "failed_task",
     "failed_task": "failed_task",
@@ -230,8 +232,10 @@ class _Disconnect(Response):
         # Returning now leaves the promised body unsent; uvicorn then closes the connection.
 
 
-def _malformed(status: int = 200) -> Response:
-    return Response(b'{"task_id": "task_", "status": PROCESS', status_code=status, media_type="application/json")
+def _malformed(status: int = 200, task_id: str | None = None) -> Response:
+    """A body cut off mid-JSON, as a proxy or a crashing server might send it."""
+    body = f'{{"task_id": "{task_id}", "status": "PEND' if task_id else '{"task_id": "task_x", "status": PROCESS'
+    return Response(body.encode(), status_code=status, media_type="application/json")
 
 
 class Sandbox:
@@ -275,6 +279,8 @@ class Sandbox:
             return _rate_limited(state.config.retry_after)
         if state.roll("server_error", "submit"):
             return _error(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
+        if state.roll("disconnect", "submit"):
+            return _Disconnect()  # cut before the request was processed: no task exists
         rejection, parsed, model = await self._parse(request)
         if rejection is not None:
             state.counters["rejected"] += 1
@@ -282,11 +288,11 @@ class Sandbox:
         assert parsed is not None and model is not None
         task = self._create(parsed, model)
         state.counters["submissions"] += 1
-        # A dropped or garbled answer after the task exists is the case that tempts clients to resubmit.
-        if state.roll("disconnect", "submit"):
+        # A lost or garbled answer after the task exists is the case that tempts clients to resubmit.
+        if state.roll("lost_response", "submit"):
             return _Disconnect()
         if state.roll("malformed", "submit"):
-            return _malformed(202 if parsed.celery else 200)
+            return _malformed(202 if parsed.celery else 200, task.task_id)
         if parsed.celery:
             state.counters["async_tasks"] += 1
             return JSONResponse({"task_id": task.task_id, "status": "PENDING", "type": "image"}, status_code=202)
