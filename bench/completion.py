@@ -52,10 +52,9 @@ async def run(latency: float, calls: int, env: dict[str, str]) -> list[dict[str,
     with SandboxServer(SandboxConfig(latency=latency)) as sandbox:
         env = {**env, "QOLABA_API_BASE_URL": sandbox.base_url, "QOLABA_API_KEY": "bench"}
         params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
-        async with Client(params) as client:
-            async with anyio.create_task_group() as group:
-                for _ in range(calls):
-                    group.start_soon(one_call, client, sandbox, rows)
+        async with Client(params) as client, anyio.create_task_group() as group:
+            for _ in range(calls):
+                group.start_soon(one_call, client, sandbox, rows)
     return rows
 
 
@@ -73,13 +72,20 @@ def main() -> None:
 
     rows = anyio.run(run, args.latency, args.calls, dict(os.environ))
     lags = [row["lag_ms"] for row in rows]
-    print(f"{args.calls} calls, {args.latency:g} s sandbox generations, all {rows[0]['status']}"
-          if all(r["status"] == "SUCCESS" for r in rows) else f"statuses: {[r['status'] for r in rows]}")
+    print(
+        f"{args.calls} calls, {args.latency:g} s sandbox generations, all {rows[0]['status']}"
+        if all(r["status"] == "SUCCESS" for r in rows)
+        else f"statuses: {[r['status'] for r in rows]}"
+    )
     print(f"progress notifications per call: {statistics.mean(r['notifications'] for r in rows):.1f}")
-    print(f"polls per task: {statistics.mean(r['polls'] for r in rows):.1f} "
-          f"({statistics.mean(r['polls'] for r in rows) / args.latency:.2f}/s)")
-    print(f"completion lag: p50 {percentile(lags, 0.5):.0f} ms, p95 {percentile(lags, 0.95):.0f} ms, "
-          f"max {max(lags):.0f} ms")
+    print(
+        f"polls per task: {statistics.mean(r['polls'] for r in rows):.1f} "
+        f"({statistics.mean(r['polls'] for r in rows) / args.latency:.2f}/s)"
+    )
+    print(
+        f"completion lag: p50 {percentile(lags, 0.5):.0f} ms, p95 {percentile(lags, 0.95):.0f} ms, "
+        f"max {max(lags):.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,7 @@ class ModelInfo(BaseModel):
     qualities: list[str] = Field(default_factory=lambda: ["1K"])
     default_quality: str = "1K"
     # Pixel length of the long side for each quality preset.
-    long_side: dict[str, Annotated[int, Field(ge=16, le=8192)]] = Field(
-        default_factory=lambda: {"1K": 1280}
-    )
+    long_side: dict[str, Annotated[int, Field(ge=16, le=8192)]] = Field(default_factory=lambda: {"1K": 1280})
     parameters: list[str] = Field(default_factory=lambda: ["prompt", "num_images", "seed"])
     required: list[str] = Field(default_factory=lambda: ["prompt"])
     credits_per_image: Annotated[float, Field(ge=0)] = 6.0
@@ -172,9 +170,14 @@ BUILTIN_MODELS: tuple[ModelInfo, ...] = (
         qualities=["1K"],
         long_side={"1K": 1024},
         parameters=[
-            "prompt", "aspect_ratio", "num_images", "seed", "num_inference_steps", "guidance_scale",
+            "prompt",
+            "aspect_ratio",
+            "num_images",
+            "seed",
+            "num_inference_steps",
+            "guidance_scale",
             "negative_prompt",
-        ],  # fmt: skip
+        ],
         credits_per_image=5,
         assumed=["id", "max_images", "aspect_ratios", "parameters", "credits_per_image"],
     ),
@@ -187,9 +190,15 @@ BUILTIN_MODELS: tuple[ModelInfo, ...] = (
         qualities=["1K"],
         long_side={"1K": 1024},
         parameters=[
-            "prompt", "image_urls", "mask_url", "num_images", "seed", "num_inference_steps",
-            "guidance_scale", "negative_prompt",
-        ],  # fmt: skip
+            "prompt",
+            "image_urls",
+            "mask_url",
+            "num_images",
+            "seed",
+            "num_inference_steps",
+            "guidance_scale",
+            "negative_prompt",
+        ],
         required=["prompt", "image_urls", "mask_url"],
         credits_per_image=8,
         assumed=["id", "max_images", "parameters", "credits_per_image"],
@@ -247,12 +256,8 @@ class Catalog:
             try:
                 model = ModelInfo.model_validate(fields)
             except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-                )
-                raise CatalogFileError(
-                    f"QOLABA_MODELS_FILE {models_file}: model #{number}: {problems}"
-                ) from exc
+                problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+                raise CatalogFileError(f"QOLABA_MODELS_FILE {models_file}: model #{number}: {problems}") from exc
             merged[model.id] = model
         return cls(merged.values())
 

@@ -46,8 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP: no sessions; every request stands alone, so replicas can share a load balancer",
     )
     serve.add_argument(
-        "--api-base-url", default=None, help="Qolaba API base URL (overrides QOLABA_API_BASE_URL)"
+        "--insecure-no-auth",
+        action="store_true",
+        help="HTTP: allow a non-loopback bind without QOLABA_MCP_AUTH_TOKEN (only behind your own auth)",
     )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT|:*]",
+        help="HTTP: accept this Host header too (repeatable; adds to QOLABA_MCP_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="HTTP: accept this Origin header too (repeatable; adds to QOLABA_MCP_ALLOWED_ORIGINS)",
+    )
+    serve.add_argument(
+        "--allow-client-keys",
+        action="store_true",
+        help="HTTP: use a caller's own Qolaba key from the X-Qolaba-Api-Key header for that request",
+    )
+    serve.add_argument("--api-base-url", default=None, help="Qolaba API base URL (overrides QOLABA_API_BASE_URL)")
     serve.add_argument(
         "--sandbox",
         action="store_true",
@@ -62,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765)")
-    sandbox.add_argument(
-        "--latency", type=float, default=2.0, help="seconds each generation takes (default: 2)"
-    )
+    sandbox.add_argument("--latency", type=float, default=2.0, help="seconds each generation takes (default: 2)")
     sandbox.add_argument(
         "--fault",
         type=_fault,
@@ -92,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "call list_models and generate_image with a live progress bar, and save the PNGs under ./out.",
     )
     demo.add_argument(
-        "--live", action="store_true", help="use the real Qolaba API (needs QOLABA_API_KEY) instead of a sandbox"
+        "--live",
+        action="store_true",
+        help="use the real Qolaba API (needs QOLABA_API_KEY) instead of a sandbox",
     )
     demo.add_argument("--out", default="out", help="folder for the PNGs (default: ./out)")
     return parser
@@ -142,15 +164,35 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
+        if args.allowed_host or args.allowed_origin or args.allow_client_keys:
+            settings = settings.model_copy(
+                update={
+                    "mcp_allowed_hosts": [*settings.mcp_allowed_hosts, *args.allowed_host],
+                    "mcp_allowed_origins": [*settings.mcp_allowed_origins, *args.allowed_origin],
+                    "mcp_allow_client_keys": settings.mcp_allow_client_keys or args.allow_client_keys,
+                }
+            )
     except ValidationError as exc:
         print(f"qolaba-mcp: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     server = build_server(settings)
     try:
         if args.transport == "http":
-            from ._http import serve_http
+            from ._http import InsecureBindError, serve_http
 
-            serve_http(server, host=args.host, port=args.port, stateless=args.stateless, log_level=args.log_level)
+            try:
+                serve_http(
+                    server,
+                    settings,
+                    host=args.host,
+                    port=args.port,
+                    stateless=args.stateless,
+                    insecure_no_auth=args.insecure_no_auth,
+                    log_level=args.log_level,
+                )
+            except InsecureBindError as exc:
+                print(f"qolaba-mcp: {exc}", file=sys.stderr)
+                return 2
         else:
             server.run("stdio")
     except KeyboardInterrupt:

@@ -93,9 +93,7 @@ class QolabaClient:
         limit = self._request_timeout if request.celery else self._sync_timeout
         if timeout is not None and limit.read is not None and timeout < limit.read:
             limit = httpx2.Timeout(timeout, connect=min(timeout, limit.connect or timeout))
-        response = await self._send(
-            "POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=limit
-        )
+        response = await self._send("POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=limit)
         try:
             body = _json_object(response)
         except ResponseFormatError:
@@ -109,9 +107,7 @@ class QolabaClient:
             )
             return TaskCreated(task_id=salvaged[1])
         try:
-            if response.status_code == 202 or (
-                "status" in body and not body.get("images") and "usage" not in body
-            ):
+            if response.status_code == 202 or ("status" in body and not body.get("images") and "usage" not in body):
                 return TaskCreated.model_validate(body)
             return GenerateResult.model_validate(body)
         except ValidationError as exc:
@@ -150,9 +146,7 @@ class QolabaClient:
         headers = self._auth_headers(api_key)
         started = time.monotonic()
         try:
-            response = await self._http.request(
-                method, path, json=json_body, headers=headers, timeout=timeout
-            )
+            response = await self._http.request(method, path, json=json_body, headers=headers, timeout=timeout)
         except httpx2.TimeoutException as exc:
             sent = not isinstance(exc, httpx2.ConnectTimeout | httpx2.PoolTimeout)
             raise APITimeoutError(
@@ -165,9 +159,7 @@ class QolabaClient:
                 f"{method} {path}: network error talking to the Qolaba API ({type(exc).__name__})",
                 request_sent=sent,
             ) from exc
-        log.debug(
-            "%s %s -> %s in %.3f s", method, path, response.status_code, time.monotonic() - started
-        )
+        log.debug("%s %s -> %s in %.3f s", method, path, response.status_code, time.monotonic() - started)
         if response.status_code >= 400:
             raise _status_error(response, method, path)
         return response
@@ -181,9 +173,7 @@ def _json_object(response: httpx2.Response) -> dict[str, Any]:
             f"The Qolaba API answered {response.status_code} with a body that is not valid JSON"
         ) from exc
     if not isinstance(body, dict):
-        raise ResponseFormatError(
-            f"The Qolaba API answered {response.status_code} with JSON that is not an object"
-        )
+        raise ResponseFormatError(f"The Qolaba API answered {response.status_code} with JSON that is not an object")
     return body
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.platform.qolaba.ai"
 
@@ -28,9 +29,7 @@ class Settings(BaseSettings):
         default=DEFAULT_BASE_URL,
         description="Base URL of the Qolaba API (point it at the sandbox for offline use).",
     )
-    connect_timeout: float = Field(
-        default=10.0, gt=0, le=120, description="Seconds to open a connection to the API."
-    )
+    connect_timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds to open a connection to the API.")
     request_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -54,9 +53,34 @@ class Settings(BaseSettings):
         le=3600,
         description="Upper bound for a tool call's wait_seconds (keep it under your host's tool timeout).",
     )
-    poll_min_interval: float = Field(
-        default=0.25, gt=0, le=60, description="Seconds between the first task polls."
+    poll_min_interval: float = Field(default=0.25, gt=0, le=60, description="Seconds between the first task polls.")
+    poll_max_interval: float = Field(default=2.0, gt=0, le=300, description="Longest gap between task polls.")
+    mcp_auth_token: SecretStr | None = Field(
+        default=None,
+        description="HTTP transport: the bearer token every request must carry (required off loopback).",
     )
-    poll_max_interval: float = Field(
-        default=2.0, gt=0, le=300, description="Longest gap between task polls."
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HTTP transport: Host header values accepted besides loopback (comma-separated).",
     )
+    mcp_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="HTTP transport: Origin header values accepted besides loopback (comma-separated).",
+    )
+    mcp_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="HTTP transport: largest request body.",
+    )
+    mcp_allow_client_keys: bool = Field(
+        default=False,
+        description="HTTP transport: accept a per-request Qolaba key in the X-Qolaba-Api-Key header.",
+    )
+
+    @field_validator("mcp_allowed_hosts", "mcp_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -55,9 +55,7 @@ class TaskNotFoundError(APIStatusError):
 class RateLimitError(APIStatusError):
     """429: too many requests; ``retry_after`` is in seconds when known."""
 
-    def __init__(
-        self, message: str, *, status_code: int = 429, body: object = None, retry_after: float | None
-    ) -> None:
+    def __init__(self, message: str, *, status_code: int = 429, body: object = None, retry_after: float | None) -> None:
         super().__init__(message, status_code=status_code, body=body)
         self.retry_after = retry_after
 

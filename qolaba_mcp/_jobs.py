@@ -238,9 +238,7 @@ class Jobs:
             if task.done:
                 return known.model_copy(update={"elapsed_seconds": _since(started), "polls": polls})
             await progress(f"{task.status} · {_since(started):.0f} s", fraction)
-        return known.model_copy(
-            update={"elapsed_seconds": _since(started), "polls": polls, "poll_error": poll_error}
-        )
+        return known.model_copy(update={"elapsed_seconds": _since(started), "polls": polls, "poll_error": poll_error})
 
     async def _with_heartbeat(
         self, work: Awaitable[GenerateResult | TaskCreated], progress: _Progress, started: float

@@ -14,9 +14,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"SUCCESS", "FAILED"})
 _STATUS_ALIASES: dict[str, TaskStatus] = {
     **dict.fromkeys(["PENDING", "QUEUED", "CREATED", "SUBMITTED", "WAITING", "RECEIVED"], "PENDING"),
     **dict.fromkeys(["PROCESSING", "IN_PROGRESS", "RUNNING", "STARTED", "GENERATING"], "PROCESSING"),
-    **dict.fromkeys(
-        ["SUCCESS", "COMPLETED", "SUCCEEDED", "SUCCESSFUL", "COMPLETE", "DONE", "FINISHED"], "SUCCESS"
-    ),
+    **dict.fromkeys(["SUCCESS", "COMPLETED", "SUCCEEDED", "SUCCESSFUL", "COMPLETE", "DONE", "FINISHED"], "SUCCESS"),
     **dict.fromkeys(
         ["FAILED", "FAILURE", "ERROR", "CANCELLED", "CANCELED", "REJECTED", "TIMEOUT", "REVOKED"],
         "FAILED",
@@ -98,15 +96,9 @@ Seed = Annotated[
     int | None,
     Field(ge=0, le=2**63 - 1, description="Random seed; pass the returned seed back to reproduce."),
 ]
-InferenceSteps = Annotated[
-    int | None, Field(ge=1, le=150, description="Denoising steps, 1-150 (FAL models).")
-]
-GuidanceScale = Annotated[
-    float | None, Field(ge=0, le=30, description="Prompt adherence, 0-30 (FAL models).")
-]
-Temperature = Annotated[
-    float | None, Field(ge=0, le=2, description="Sampling temperature, 0-2 (Vertex models).")
-]
+InferenceSteps = Annotated[int | None, Field(ge=1, le=150, description="Denoising steps, 1-150 (FAL models).")]
+GuidanceScale = Annotated[float | None, Field(ge=0, le=30, description="Prompt adherence, 0-30 (FAL models).")]
+Temperature = Annotated[float | None, Field(ge=0, le=2, description="Sampling temperature, 0-2 (Vertex models).")]
 NegativePrompt = Annotated[
     str | None, Field(max_length=2000, description="What to keep out of the image (max 2000 chars).")
 ]
@@ -135,9 +127,7 @@ class GenerateRequest(BaseModel):
 
     model: ModelId
     prompt: Prompt = None
-    celery: Annotated[
-        bool | None, Field(description="false = synchronous (200), true = asynchronous (202).")
-    ] = None
+    celery: Annotated[bool | None, Field(description="false = synchronous (200), true = asynchronous (202).")] = None
     image_urls: ImageUrls = None
     reference_images: ReferenceImages = None
     mask_url: MaskUrl = None

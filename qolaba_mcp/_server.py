@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
 
 from . import __version__
@@ -33,6 +34,8 @@ from ._jobs import Generation, Jobs, PollPolicy
 from ._models import GenerateRequest
 
 log = logging.getLogger("qolaba_mcp.server")
+
+CLIENT_KEY_HEADER = "x-qolaba-api-key"
 
 INSTRUCTIONS = (
     "Generate images with Qolaba. Call list_models to pick a model, then generate_image. Long generations "
@@ -144,20 +147,26 @@ def build_server(settings: Settings) -> MCPServer:
                 catalog_warning=warning,
             )
 
-    server = MCPServer(
+    return MCPServer(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
+        tools=[_generate_image_tool(settings), _get_task_tool(settings), _list_models_tool()],
     )
-    _add_generate_image(server, settings)
-    _add_get_task(server, settings)
-    _add_list_models(server)
-    return server
 
 
-def _add_generate_image(server: MCPServer, settings: Settings) -> None:
+def _strict(tool: Tool) -> Tool:
+    """Refuse unknown arguments: a misspelt field must be an error, not silently ignored on a paid call."""
+    loose = tool.fn_metadata.arg_model
+    strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__})
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def _generate_image_tool(settings: Settings) -> Tool:
     wait = _wait_seconds(settings, 40)
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
@@ -167,7 +176,10 @@ def _add_generate_image(server: MCPServer, settings: Settings) -> None:
         request = GenerateRequest(**arguments, celery=mode == "async")
         try:
             generation = await app.jobs.generate(
-                request, wait_seconds=wait_seconds, on_progress=_progress_sender(ctx)
+                request,
+                wait_seconds=wait_seconds,
+                on_progress=_progress_sender(ctx),
+                api_key=_client_key(ctx, app.settings),
             )
         except QolabaError as exc:
             raise ToolError(_explain(exc, app.catalog, model=request.model)) from exc
@@ -179,29 +191,34 @@ def _add_generate_image(server: MCPServer, settings: Settings) -> None:
         [_keyword(name, field) for name, field in {**request_fields, "mode": _MODE, "wait_seconds": wait}.items()],
         Annotated[CallToolResult, GenerationResult],
     )
-    server.add_tool(
-        generate_image,
-        name="generate_image",
-        title="Generate image",
-        description=(
-            "Generate images from a prompt (or edit source images) with a Qolaba model. Waits up to "
-            "wait_seconds while reporting progress; if the images are not ready by then, returns the task_id "
-            "to pass to get_task. Each call is a new, paid generation."
-        ),
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-        ),
+    return _strict(
+        Tool.from_function(
+            generate_image,
+            name="generate_image",
+            title="Generate image",
+            description=(
+                "Generate images from a prompt (or edit source images) with a Qolaba model. Waits up to "
+                "wait_seconds while reporting progress; if the images are not ready by then, returns the task_id "
+                "to pass to get_task. Each call is a new, paid generation."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
+            ),
+        )
     )
 
 
-def _add_get_task(server: MCPServer, settings: Settings) -> None:
+def _get_task_tool(settings: Settings) -> Tool:
     wait = _wait_seconds(settings, 0)
 
     async def get_task(ctx: Context[AppContext], task_id: str, wait_seconds: float = 0) -> CallToolResult:
         app = _app(ctx)
         try:
             generation = await app.jobs.get_task(
-                task_id, wait_seconds=wait_seconds, on_progress=_progress_sender(ctx)
+                task_id,
+                wait_seconds=wait_seconds,
+                on_progress=_progress_sender(ctx),
+                api_key=_client_key(ctx, app.settings),
             )
         except QolabaError as exc:
             exc.task_id = exc.task_id or task_id
@@ -213,21 +230,23 @@ def _add_get_task(server: MCPServer, settings: Settings) -> None:
         [_keyword("task_id", TaskId), _keyword("wait_seconds", wait)],
         Annotated[CallToolResult, GenerationResult],
     )
-    server.add_tool(
-        get_task,
-        name="get_task",
-        title="Get generation task",
-        description=(
-            "Check a generation started by generate_image: its status, and its images once done. With "
-            "wait_seconds > 0, waits for it to finish while reporting progress. Never starts a new generation."
-        ),
-        annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-        ),
+    return _strict(
+        Tool.from_function(
+            get_task,
+            name="get_task",
+            title="Get generation task",
+            description=(
+                "Check a generation started by generate_image: its status, and its images once done. With "
+                "wait_seconds > 0, waits for it to finish while reporting progress. Never starts a new generation."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
+            ),
+        )
     )
 
 
-def _add_list_models(server: MCPServer) -> None:
+def _list_models_tool() -> Tool:
     async def list_models(ctx: Context[AppContext], capability: Capability | None = None) -> CallToolResult:
         app = _app(ctx)
         result = ModelList(
@@ -246,17 +265,19 @@ def _add_list_models(server: MCPServer) -> None:
         Field(default=None, description="Only models with this capability."),
     )
     _set_signature(list_models, [_keyword("capability", capability)], Annotated[CallToolResult, ModelList])
-    server.add_tool(
-        list_models,
-        name="list_models",
-        title="List image models",
-        description=(
-            "The Qolaba image models known to this server: capabilities, max images, aspect ratios, quality "
-            "presets and accepted parameters. Model ids not listed may still work: the API decides."
-        ),
-        annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-        ),
+    return _strict(
+        Tool.from_function(
+            list_models,
+            name="list_models",
+            title="List image models",
+            description=(
+                "The Qolaba image models known to this server: capabilities, max images, aspect ratios, quality "
+                "presets and accepted parameters. Model ids not listed may still work: the API decides."
+            ),
+            annotations=ToolAnnotations(
+                read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            ),
+        )
     )
 
 
@@ -264,6 +285,19 @@ def _app(ctx: Context[AppContext]) -> AppContext:
     app = ctx.request_context.lifespan_context
     assert isinstance(app, AppContext)
     return app
+
+
+def _client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | None:
+    """The caller's own Qolaba key from X-Qolaba-Api-Key, where the operator allows it; used for this call only."""
+    value = (ctx.headers or {}).get(CLIENT_KEY_HEADER, "").strip()
+    if not value:
+        return None
+    if not settings.mcp_allow_client_keys:
+        raise ToolError(
+            "This server does not accept a Qolaba key in the X-Qolaba-Api-Key header; remove the header, or ask "
+            "its operator to enable QOLABA_MCP_ALLOW_CLIENT_KEYS."
+        )
+    return SecretStr(value)
 
 
 def _progress_sender(ctx: Context[AppContext]) -> Callable[[float, float | None, str], Awaitable[None]]:

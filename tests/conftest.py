@@ -41,8 +41,12 @@ def sandbox(shared_sandbox: SandboxServer) -> SandboxServer:
 def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
     """The environment for a qolaba-mcp subprocess: this one's, minus any QOLABA_* settings, plus these."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_")}
-    env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY=SERVER_KEY, QOLABA_MAX_WAIT_SECONDS="30",
-               QOLABA_POLL_MAX_INTERVAL="0.5")
+    env.update(
+        QOLABA_API_BASE_URL=base_url,
+        QOLABA_API_KEY=SERVER_KEY,
+        QOLABA_MAX_WAIT_SECONDS="30",
+        QOLABA_POLL_MAX_INTERVAL="0.5",
+    )
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)
@@ -64,7 +68,7 @@ class HttpServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
-        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qolaba_mcp", "--transport", "http", "--port", str(self.port), *args],
             env=env,

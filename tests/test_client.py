@@ -11,7 +11,6 @@ import pytest
 from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import (
     APITimeoutError,
-    AuthenticationError,
     BadRequestError,
     MissingApiKeyError,
     NetworkError,
@@ -68,9 +67,7 @@ async def test_async_generation_polls_to_success(qolaba_sandbox: SandboxServer) 
     assert stats["submissions"] == 1 and stats["polls"] == len(seen)
 
 
-@pytest.mark.parametrize(
-    "shape", ["output-object", "output-list", "output-urls", "top-level"]
-)
+@pytest.mark.parametrize("shape", ["output-object", "output-list", "output-urls", "top-level"])
 async def test_every_sandbox_poll_shape_parses(shape: str) -> None:
     with SandboxServer() as sandbox:
         sandbox.configure(latency=0, poll_shape=shape)

@@ -35,6 +35,10 @@ def test_demo_writes_pngs_and_shows_progress(tmp_path: Path) -> None:
 def test_live_demo_needs_a_key() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_")}
     done = subprocess.run(
-        [sys.executable, "-m", "qolaba_mcp", "demo", "--live"], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "qolaba_mcp", "demo", "--live"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert done.returncode == 2 and "QOLABA_API_KEY" in done.stderr

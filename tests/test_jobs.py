@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -24,7 +25,14 @@ def test_poll_backoff_starts_quick_and_is_capped() -> None:
 
 @pytest.mark.parametrize(
     ("progress", "running_for", "expected"),
-    [(0.5, 1.0, 1.05), (0.9, 9.0, 1.05), (0.99, 10.0, 0.151), (0.999, 10.0, 0.1), (1.0, 10.0, 0.25), (0.1, 1.0, 2.0)],
+    [
+        (0.5, 1.0, 1.05),
+        (0.9, 9.0, 1.05),
+        (0.99, 10.0, 0.151),
+        (0.999, 10.0, 0.1),
+        (1.0, 10.0, 0.25),
+        (0.1, 1.0, 2.0),
+    ],
 )
 def test_poll_aims_at_the_predicted_end(progress: float, running_for: float, expected: float) -> None:
     policy = PollPolicy(min_interval=0.25, max_interval=2.0)
@@ -48,7 +56,7 @@ async def test_progress_strictly_increases_whatever_it_is_fed() -> None:
     for fraction in (None, 0.4, 0.4, 0.2, None, 1.0, 1.0):
         await progress("PROCESSING", fraction)
     values = [value for value, _, _ in seen]
-    assert all(b > a for a, b in zip(values, values[1:], strict=False)), values
+    assert all(b > a for a, b in itertools.pairwise(values)), values
     assert seen[1][1] == 100.0 and seen[0][1] is None
 
 

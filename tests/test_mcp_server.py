@@ -93,9 +93,7 @@ async def test_bounded_wait_then_get_task_completes(
         assert f'task_id="{task_id}"' in body["next_step"] and "get_task" in body["next_step"]
         assert task_id in text(first)
         progress = Progress()
-        done = await client.call_tool(
-            "get_task", {"task_id": task_id, "wait_seconds": 10}, progress_callback=progress
-        )
+        done = await client.call_tool("get_task", {"task_id": task_id, "wait_seconds": 10}, progress_callback=progress)
     assert data(done)["status"] == "SUCCESS" and len(data(done)["images"]) == 1
     assert progress.values and all(b > a for a, b in zip(progress.values, progress.values[1:], strict=False))
     assert sandbox.stats()["submissions"] == 1
@@ -251,7 +249,9 @@ async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
     assert bound("guidance_scale", "maximum") == 30 and bound("temperature", "maximum") == 2
     assert bound("reference_images", "maxItems") == 14
     assert props["mode"]["enum"] == ["async", "sync"] and props["mode"]["default"] == "async"
-    assert props["wait_seconds"]["maximum"] == 30 and props["wait_seconds"]["default"] == 30  # QOLABA_MAX_WAIT_SECONDS=30
+    assert (
+        props["wait_seconds"]["maximum"] == 30 and props["wait_seconds"]["default"] == 30
+    )  # QOLABA_MAX_WAIT_SECONDS=30
     assert props["model"]["examples"] and props["prompt"]["description"]
     assert tools["get_task"].input_schema["properties"]["wait_seconds"]["default"] == 0
     capability = tools["list_models"].input_schema["properties"]["capability"]
@@ -271,7 +271,9 @@ async def test_list_models_filters_and_user_file(sandbox: SandboxServer, tmp_pat
         everything = data(await client.call_tool("list_models", {}))
     assert [m["id"] for m in inpainting["models"]] == ["fal/flux-inpainting", "acme/brand-new"]
     assert len(everything["models"]) == 10 and everything["warnings"] == []
-    assert all({"max_images", "aspect_ratios", "qualities", "parameters", "documented"} <= set(m) for m in everything["models"])
+    assert all(
+        {"max_images", "aspect_ratios", "qualities", "parameters", "documented"} <= set(m) for m in everything["models"]
+    )
 
 
 async def test_bad_models_file_is_a_warning_not_a_crash(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -132,8 +132,14 @@ class TestSeedExamplesAgainstTheCommand:
         ({"model": "vertex/imagen-4"}, "prompt is required"),
         ({"model": "vertex/imagen-4-ultra", "prompt": "x", "num_images": 5}, "at most 4 images"),
         ({"model": "fal/birefnet"}, "image_urls is required"),
-        ({"model": "fal/birefnet", "image_urls": ["http://x/a.png"], "prompt": "p"}, "does not support prompt"),
-        ({"model": "fal/flux-inpainting", "prompt": "p", "image_urls": ["http://x/a.png"]}, "mask_url is required"),
+        (
+            {"model": "fal/birefnet", "image_urls": ["http://x/a.png"], "prompt": "p"},
+            "does not support prompt",
+        ),
+        (
+            {"model": "fal/flux-inpainting", "prompt": "p", "image_urls": ["http://x/a.png"]},
+            "mask_url is required",
+        ),
         (
             {**SEED_EXAMPLE, "reference_images": [{"url": "http://x"}] * 15},
             "reference_images: List should have at most 14 items",
@@ -143,9 +149,7 @@ class TestSeedExamplesAgainstTheCommand:
         ({**SEED_EXAMPLE, "negative_prompt": "x" * 2001}, "negative_prompt: String should have at most 2000"),
     ],
 )
-def test_validation_names_the_problem(
-    qolaba_sandbox: SandboxServer, body: dict[str, Any], fragment: str
-) -> None:
+def test_validation_names_the_problem(qolaba_sandbox: SandboxServer, body: dict[str, Any], fragment: str) -> None:
     response = post(qolaba_sandbox, body)
     assert response.status_code == 400, response.text
     assert fragment in response.json()["message"]
@@ -156,7 +160,12 @@ def test_validation_names_the_problem(
     "body",
     [
         {"model": "fal/birefnet", "image_urls": ["http://x/a.png"]},
-        {"model": "fal/flux-inpainting", "prompt": "p", "image_urls": ["http://x/a"], "mask_url": "http://x/m"},
+        {
+            "model": "fal/flux-inpainting",
+            "prompt": "p",
+            "image_urls": ["http://x/a"],
+            "mask_url": "http://x/m",
+        },
         {"model": "fal/flux-dev", "prompt": "p", "num_inference_steps": 150, "guidance_scale": 30},
         {"model": "vertex/nano-banana-pro", "prompt": "p", "num_images": 10, "quality": "4K"},
     ],
@@ -185,7 +194,11 @@ def test_bad_json_body(qolaba_sandbox: SandboxServer) -> None:
     ],
 )
 def test_png_size_follows_ratio_and_quality(
-    qolaba_sandbox: SandboxServer, model: str, aspect_ratio: str | None, quality: str | None, size: tuple[int, int]
+    qolaba_sandbox: SandboxServer,
+    model: str,
+    aspect_ratio: str | None,
+    quality: str | None,
+    size: tuple[int, int],
 ) -> None:
     qolaba_sandbox.configure(latency=0)
     body = {"model": model, "prompt": "p", "aspect_ratio": aspect_ratio, "quality": quality}

@@ -93,7 +93,10 @@ def test_error_ignored_while_running() -> None:
     assert Task.from_api({"task_id": "t", "status": "PROCESSING", "error": None}).error is None
 
 
-@pytest.mark.parametrize(("value", "expected"), [(40, 0.4), (1, 0.01), (0, 0.0), (0.25, 0.25), (1.0, 1.0), (55.5, 0.555), (150, 1.0), ("x", None)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(40, 0.4), (1, 0.01), (0, 0.0), (0.25, 0.25), (1.0, 1.0), (55.5, 0.555), (150, 1.0), ("x", None)],
+)
 def test_progress(value: object, expected: float | None) -> None:
     assert Task.from_api({"task_id": "t", "status": "RUNNING", "progress": value}).progress == expected
 

@@ -186,8 +186,7 @@ def _check_model_fields(request: GenerateRequest, model: ModelInfo) -> str | Non
     unsupported = sorted(given - set(model.parameters))
     if unsupported:
         return (
-            f"model '{model.id}' does not support {', '.join(unsupported)}; "
-            f"it accepts: {', '.join(model.parameters)}"
+            f"model '{model.id}' does not support {', '.join(unsupported)}; it accepts: {', '.join(model.parameters)}"
         )
     missing = [name for name in model.required if getattr(request, name) in (None, "", [])]
     if missing:
@@ -203,10 +202,7 @@ def _check_model_fields(request: GenerateRequest, model: ModelInfo) -> str | Non
             f"use one of {', '.join(model.aspect_ratios)}"
         )
     if request.quality is not None and request.quality not in model.qualities:
-        return (
-            f"quality: '{request.quality}' is not supported by '{model.id}'; "
-            f"use one of {', '.join(model.qualities)}"
-        )
+        return f"quality: '{request.quality}' is not supported by '{model.id}'; use one of {', '.join(model.qualities)}"
     return None
 
 
@@ -335,9 +331,7 @@ class Sandbox:
             return _error(404, "Not Found", "No such image.")
         self.state.counters["image_downloads"] += 1
         key = f"{task.seed}|{index}|{task.request.prompt or ''}|{task.model.id}"
-        png = await anyio.to_thread.run_sync(
-            lambda: render_png(width=task.width, height=task.height, key=key)
-        )
+        png = await anyio.to_thread.run_sync(lambda: render_png(width=task.width, height=task.height, key=key))
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
     # --- sandbox control ------------------------------------------------------------------------------
@@ -368,9 +362,7 @@ class Sandbox:
             return _error(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
         return _error(401, "Unauthorized", "Invalid API key.")
 
-    async def _parse(
-        self, request: Request
-    ) -> tuple[Response | None, GenerateRequest | None, ModelInfo | None]:
+    async def _parse(self, request: Request) -> tuple[Response | None, GenerateRequest | None, ModelInfo | None]:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):

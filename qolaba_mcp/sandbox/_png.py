@@ -30,9 +30,7 @@ def render_png(*, width: int, height: int, key: str) -> bytes:
     rows = [b"\x00" + bytes(first)]
     steps: dict[tuple[int, int, int], bytes] = {}
     for y in range(1, height):
-        delta = tuple(
-            (d * y // height - d * (y - 1) // height) % 256 for d in drop
-        )
+        delta = tuple((d * y // height - d * (y - 1) // height) % 256 for d in drop)
         row = steps.get(delta)  # type: ignore[arg-type]
         if row is None:
             row = steps[delta] = b"\x02" + bytes(delta) * width  # type: ignore[index]

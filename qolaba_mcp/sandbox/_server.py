@@ -16,14 +16,10 @@ from ._app import Sandbox, SandboxConfig
 class SandboxServer:
     """A sandbox served by uvicorn on a background thread; ``port=0`` picks a free ephemeral port."""
 
-    def __init__(
-        self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sandbox = Sandbox(config)
         self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.sandbox, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-            )
+            uvicorn.Config(self.sandbox, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         )
         self._thread: threading.Thread | None = None
         self.host = host

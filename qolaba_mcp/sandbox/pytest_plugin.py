@@ -15,9 +15,7 @@ from ._server import SandboxServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "qolaba_sandbox(**config): SandboxConfig fields for the qolaba_sandbox fixture"
-    )
+    config.addinivalue_line("markers", "qolaba_sandbox(**config): SandboxConfig fields for the qolaba_sandbox fixture")
 
 
 @pytest.fixture
