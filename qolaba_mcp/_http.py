@@ -7,12 +7,14 @@ import ipaddress
 import json
 import logging
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._config import Settings
+from ._server import DISCONNECTED
 
 log = logging.getLogger("qolaba_mcp.http")
 
@@ -67,6 +69,36 @@ class BearerAuth:
         await self._app(scope, receive, send)
 
 
+class DisconnectSignal:
+    """Puts an event in each HTTP request's state that is set once its client disconnects.
+
+    In stateful mode the SDK keeps serving a request after its response stream closes (for resumable streams,
+    which this server does not offer); the tools wait on this event to stop polling for a client that left.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        gone = anyio.Event()
+        scope.setdefault("state", {})[DISCONNECTED] = gone
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return message
+
+        try:
+            await self._app(scope, watched_receive, send)
+        except OSError:
+            gone.set()
+            raise
+
+
 def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: bool, insecure_no_auth: bool) -> ASGIApp:
     """The ASGI app; responses stream as SSE so progress notifications reach HTTP clients too."""
     token = settings.mcp_auth_token.get_secret_value() if settings.mcp_auth_token else ""
@@ -89,6 +121,7 @@ def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: boo
         max_request_body_size=settings.mcp_max_body_bytes,
         transport_security=security,
     )
+    app = DisconnectSignal(app)
     return BearerAuth(app, token) if token else app
 
 

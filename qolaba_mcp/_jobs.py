@@ -245,6 +245,7 @@ class Jobs:
     ) -> GenerateResult | TaskCreated:
         """Await one long request while telling the host, every second, that it is still running."""
         result: list[GenerateResult | TaskCreated] = []
+        failure: list[QolabaError] = []
 
         async def beat() -> None:
             while True:
@@ -255,8 +256,12 @@ class Jobs:
             group.start_soon(beat)
             try:
                 result.append(await work)
+            except QolabaError as exc:  # raised after the group, not wrapped in an ExceptionGroup
+                failure.append(exc)
             finally:
                 group.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
         return result[0]
 
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -36,6 +37,7 @@ from ._models import GenerateRequest
 log = logging.getLogger("qolaba_mcp.server")
 
 CLIENT_KEY_HEADER = "x-qolaba-api-key"
+DISCONNECTED = "qolaba_mcp.disconnected"  # request-state key: an anyio.Event set when an HTTP client leaves
 
 INSTRUCTIONS = (
     "Generate images with Qolaba. Call list_models to pick a model, then generate_image. Long generations "
@@ -175,11 +177,14 @@ def _generate_image_tool(settings: Settings) -> Tool:
         wait_seconds = float(arguments.pop("wait_seconds", wait.default))
         request = GenerateRequest(**arguments, celery=mode == "async")
         try:
-            generation = await app.jobs.generate(
-                request,
-                wait_seconds=wait_seconds,
-                on_progress=_progress_sender(ctx),
-                api_key=_client_key(ctx, app.settings),
+            generation = await _while_connected(
+                ctx,
+                app.jobs.generate(
+                    request,
+                    wait_seconds=wait_seconds,
+                    on_progress=_progress_sender(ctx),
+                    api_key=_client_key(ctx, app.settings),
+                ),
             )
         except QolabaError as exc:
             raise ToolError(_explain(exc, app.catalog, model=request.model)) from exc
@@ -214,11 +219,14 @@ def _get_task_tool(settings: Settings) -> Tool:
     async def get_task(ctx: Context[AppContext], task_id: str, wait_seconds: float = 0) -> CallToolResult:
         app = _app(ctx)
         try:
-            generation = await app.jobs.get_task(
-                task_id,
-                wait_seconds=wait_seconds,
-                on_progress=_progress_sender(ctx),
-                api_key=_client_key(ctx, app.settings),
+            generation = await _while_connected(
+                ctx,
+                app.jobs.get_task(
+                    task_id,
+                    wait_seconds=wait_seconds,
+                    on_progress=_progress_sender(ctx),
+                    api_key=_client_key(ctx, app.settings),
+                ),
             )
         except QolabaError as exc:
             exc.task_id = exc.task_id or task_id
@@ -285,6 +293,34 @@ def _app(ctx: Context[AppContext]) -> AppContext:
     app = ctx.request_context.lifespan_context
     assert isinstance(app, AppContext)
     return app
+
+
+async def _while_connected(ctx: Context[AppContext], work: Awaitable[Generation]) -> Generation:
+    """Run ``work`` but stop it as soon as the HTTP client that asked for it disconnects."""
+    request = ctx.request_context.request
+    gone = getattr(request, "scope", {}).get("state", {}).get(DISCONNECTED)
+    if gone is None:  # stdio: the SDK cancels the call itself when the client goes
+        return await work
+    done: list[Generation] = []
+    failure: list[QolabaError] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            await gone.wait()
+            log.info("the client disconnected; stopping its call")
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            done.append(await work)
+        except QolabaError as exc:  # raised after the group, not wrapped in an ExceptionGroup
+            failure.append(exc)
+        group.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    if not done:
+        raise ToolError("The client disconnected before the call finished.")
+    return done[0]
 
 
 def _client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | None:

@@ -151,13 +151,19 @@ async def test_failed_task_is_an_error_with_the_task_id(sandbox: SandboxServer) 
         ({**CAT, "model": "vertex/imagen-4", "num_images": 5}, ["num_images", "at most 4"]),
         ({**CAT, "quality": "4K"}, ["quality", "'4K' is not supported"]),
         ({**CAT, "model": "acme/unknown"}, ["Unknown model", "Known models:", "vertex/imagen-4-ultra"]),
+        ({**CAT, "quality": "4K", "mode": "sync"}, ["quality", "'4K' is not supported"]),
     ],
-    ids=["too-many-images", "bad-quality", "unknown-model"],
+    ids=["too-many-images", "bad-quality", "unknown-model", "sync"],
 )
+@pytest.mark.parametrize("transport", ["stdio", "http"])
 async def test_api_rejections_explain_the_fix(
-    sandbox: SandboxServer, arguments: dict[str, Any], fragments: list[str]
+    sandbox: SandboxServer,
+    arguments: dict[str, Any],
+    fragments: list[str],
+    transport: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with opener((transport, "auto"), sandbox, request)() as client:
         result = await client.call_tool("generate_image", arguments)
     assert result.is_error
     for fragment in fragments:
@@ -173,6 +179,7 @@ async def test_api_rejections_explain_the_fix(
         ({**CAT, "wait_seconds": 31}, "wait_seconds"),
         ({**CAT, "mode": "later"}, "mode"),
         ({"prompt": "no model"}, "model"),
+        ({**CAT, "aspectRatio": "16:9"}, "aspectRatio"),
     ],
 )
 async def test_schema_violations_never_reach_the_api(
@@ -210,7 +217,7 @@ async def test_rate_limit_retries_then_says_when(sandbox: SandboxServer) -> None
 
 
 async def test_rate_limited_polls_are_retried(sandbox: SandboxServer) -> None:
-    sandbox.configure(latency=0.5, faults=[Fault(kind="rate_limit", rate=0.5, on="poll")], retry_after=0.1)
+    sandbox.configure(latency=0.5, faults=[Fault(kind="rate_limit", rate=0.3, on="poll")], retry_after=0.1)
     async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", {**CAT, "wait_seconds": 20})
     assert data(result)["status"] == "SUCCESS", text(result)

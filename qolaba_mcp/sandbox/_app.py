@@ -210,6 +210,13 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
+class QuietInjectedDrops(logging.Filter):
+    """Drops uvicorn's complaint about each connection the sandbox cuts on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "returned without completing response" not in record.getMessage()
+
+
 class _Disconnect(Response):
     """Starts a response and abandons it, so the client sees the connection drop mid-answer."""
 

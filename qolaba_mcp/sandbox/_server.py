@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import urllib.request
 from types import TracebackType
@@ -10,13 +11,20 @@ from typing import Any, Self
 
 import uvicorn
 
-from ._app import Sandbox, SandboxConfig
+from ._app import QuietInjectedDrops, Sandbox, SandboxConfig
+
+
+def _quiet_injected_drops() -> None:
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, QuietInjectedDrops) for f in errors.filters):
+        errors.addFilter(QuietInjectedDrops())
 
 
 class SandboxServer:
     """A sandbox served by uvicorn on a background thread; ``port=0`` picks a free ephemeral port."""
 
     def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        _quiet_injected_drops()
         self.sandbox = Sandbox(config)
         self._server = uvicorn.Server(
             uvicorn.Config(self.sandbox, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
@@ -64,4 +72,5 @@ class SandboxServer:
 
 def serve(config: SandboxConfig, *, host: str, port: int) -> None:
     """Serve the sandbox in the foreground until interrupted (the ``qolaba-mcp sandbox`` command)."""
+    _quiet_injected_drops()
     uvicorn.run(Sandbox(config), host=host, port=port, log_level="info", lifespan="off", log_config=None)
