@@ -175,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"qolaba-mcp: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    server = build_server(settings)
+    server = build_server(settings, transport=args.transport)
     try:
         if args.transport == "http":
             from ._http import InsecureBindError, serve_http

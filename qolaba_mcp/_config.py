@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +55,24 @@ class Settings(BaseSettings):
     )
     poll_min_interval: float = Field(default=0.25, gt=0, le=60, description="Seconds between the first task polls.")
     poll_max_interval: float = Field(default=2.0, gt=0, le=300, description="Longest gap between task polls.")
+    save: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Save generated images to disk by default: auto = on for stdio, off for HTTP.",
+    )
+    output_dir: Path | None = Field(
+        default=None, description="Folder for saved images (default: a per-user data folder)."
+    )
+    preview: Literal["on", "off", "full"] = Field(
+        default="on",
+        description="Inline previews in results: on (JPEG/WebP, long side <= 512 px), off, or full "
+        "(the original bytes when they fit the budget).",
+    )
+    preview_max_bytes: int = Field(
+        default=100_000, ge=1_000, le=700_000, description="Byte budget shared by one result's previews."
+    )
+    download_max_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1024, le=1024**3, description="Largest image this server downloads."
+    )
     mcp_auth_token: SecretStr | None = Field(
         default=None,
         description="HTTP transport: the bearer token every request must carry (required off loopback).",

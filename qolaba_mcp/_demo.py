@@ -6,6 +6,7 @@ subprocess, calls list_models and then generate_image with a live progress bar, 
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import time
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.types import ImageContent
 
 from .sandbox import SandboxConfig, SandboxServer
 
@@ -45,15 +46,16 @@ class _Bar:
             print()
 
 
-def _server_env(base_url: str | None) -> dict[str, str]:
+def _server_env(base_url: str | None, out: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_") or k == "QOLABA_API_KEY"}
+    env.update(QOLABA_OUTPUT_DIR=str(out.resolve()), QOLABA_SAVE="on")
     if base_url is not None:
         env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY="sandbox-demo-key")
     return env
 
 
 async def _show(base_url: str | None, out: Path) -> int:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=_server_env(base_url))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=_server_env(base_url, out))
     async with Client(params) as client:
         print(f"connected to qolaba-mcp over stdio (protocol {client.protocol_version})")
         models = await client.call_tool("list_models", {"capability": "text-to-image"})
@@ -79,17 +81,22 @@ async def _show(base_url: str | None, out: Path) -> int:
             print(f"generation did not finish: {text}", file=sys.stderr)
             return 1
         print(f"done in {time.monotonic() - started:.1f} s with {bar.count} progress notifications")
-        out.mkdir(parents=True, exist_ok=True)
-        async with httpx2.AsyncClient(timeout=60) as http:
-            for index, image in enumerate(data["images"]):
-                response = await http.get(image["url"])
-                response.raise_for_status()
-                path = out / f"{data['task_id']}_{index}.png"
-                path.write_bytes(response.content)
-                print(f"saved {path}  {image['width']}x{image['height']}  {len(response.content):,} bytes")
+        previews = [block for block in result.content if isinstance(block, ImageContent)]
+        print(f"the result carries {len(previews)} inline previews ({_b64_size(previews):,} bytes) for the model")
+        for image, saved in zip(data["images"], data.get("saved_files") or [], strict=False):
+            if saved is None:
+                continue
+            path = Path(saved)
+            print(f"saved {path}  {image['width']}x{image['height']}  {path.stat().st_size:,} bytes")
+        for note in data.get("notes") or []:
+            print(f"note: {note}")
         usage = data.get("usage") or {}
         print(f"reported cost: {usage.get('cost_credits')} credits (${usage.get('cost_usd')})")
     return 0
+
+
+def _b64_size(blocks: list[ImageContent]) -> int:
+    return sum(len(base64.b64decode(block.data)) for block in blocks)
 
 
 def run_demo(*, live: bool = False, out: str = "out") -> int:

@@ -33,11 +33,8 @@ class ReferenceImage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, Field(min_length=1, max_length=4096, description="Reference image URL.")]
-    description: Annotated[
-        str | None,
-        Field(max_length=1000, description="What this reference shows (character, product, style)."),
-    ] = None
+    url: Annotated[str, Field(min_length=1, max_length=4096)]
+    description: Annotated[str | None, Field(max_length=1000)] = None
 
 
 # The request's field types, kept as names so the MCP tool signature reuses them verbatim.
@@ -46,7 +43,7 @@ ModelId = Annotated[
     Field(
         min_length=1,
         max_length=200,
-        description="Model id, e.g. 'vertex/nano-banana-flash'. list_models shows the known ones.",
+        description="Model id (see list_models).",
         examples=["vertex/nano-banana-flash"],
     ),
 ]
@@ -54,32 +51,30 @@ Prompt = Annotated[
     str | None,
     Field(
         max_length=4000,
-        description="Text description of the image. Optional only for image-to-image models.",
-        examples=["A photorealistic cat sitting on the Eiffel Tower at sunset"],
+        description="What to draw. Optional only for image-to-image models.",
     ),
 ]
 ImageUrls = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=4096)]] | None,
-    Field(max_length=16, description="Source image URLs for image-to-image or editing models."),
+    Field(max_length=16, description="Source images (image-to-image, editing)."),
 ]
 ReferenceImages = Annotated[
     list[ReferenceImage] | None,
-    Field(max_length=14, description="Up to 14 reference images ({url, description?})."),
+    Field(max_length=14, description="References for character/product/style consistency."),
 ]
 MaskUrl = Annotated[
     str | None,
     Field(
         min_length=1,
         max_length=4096,
-        description="Black/white mask URL marking the area to repaint (inpainting models only).",
+        description="Inpainting mask (white = repaint).",
     ),
 ]
 AspectRatio = Annotated[
     str | None,
     Field(
         pattern=r"^[1-9][0-9]?:[1-9][0-9]?$",
-        description="Output aspect ratio such as '1:1', '16:9', '9:16'; models differ (see list_models).",
-        examples=["16:9"],
+        description="e.g. 16:9 (per model, see list_models).",
     ),
 ]
 Quality = Annotated[
@@ -87,21 +82,18 @@ Quality = Annotated[
     Field(
         min_length=1,
         max_length=20,
-        description="Resolution/quality preset, model-specific: '1K', '2K', '4K' for Vertex; "
-        "'low', 'medium', 'high' for GPT Image.",
+        description="Preset: 1K/2K/4K (Vertex), low/medium/high (GPT Image).",
     ),
 ]
-NumImages = Annotated[int | None, Field(ge=1, le=10, description="Number of images, 1-10.")]
+NumImages = Annotated[int | None, Field(ge=1, le=10)]
 Seed = Annotated[
     int | None,
-    Field(ge=0, le=2**63 - 1, description="Random seed; pass the returned seed back to reproduce."),
+    Field(ge=0, le=2**63 - 1, description="For reproducible results."),
 ]
-InferenceSteps = Annotated[int | None, Field(ge=1, le=150, description="Denoising steps, 1-150 (FAL models).")]
-GuidanceScale = Annotated[float | None, Field(ge=0, le=30, description="Prompt adherence, 0-30 (FAL models).")]
-Temperature = Annotated[float | None, Field(ge=0, le=2, description="Sampling temperature, 0-2 (Vertex models).")]
-NegativePrompt = Annotated[
-    str | None, Field(max_length=2000, description="What to keep out of the image (max 2000 chars).")
-]
+InferenceSteps = Annotated[int | None, Field(ge=1, le=150, description="Denoising steps (FAL).")]
+GuidanceScale = Annotated[float | None, Field(ge=0, le=30, description="Prompt adherence (FAL).")]
+Temperature = Annotated[float | None, Field(ge=0, le=2, description="Creativity (Vertex).")]
+NegativePrompt = Annotated[str | None, Field(max_length=2000, description="What to leave out.")]
 
 # Optional generation fields, in the order the API documents them; the model catalogue names these.
 GENERATION_FIELDS: tuple[str, ...] = (

@@ -4,35 +4,30 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
+import httpx2
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
 
 from . import __version__
-from ._catalog import Capability, Catalog, CatalogFileError, ModelInfo
+from ._catalog import Capability, Catalog, CatalogFileError
 from ._client import QolabaClient
 from ._config import Settings
-from ._errors import (
-    AuthenticationError,
-    BadRequestError,
-    MissingApiKeyError,
-    NetworkError,
-    QolabaError,
-    RateLimitError,
-    ServerError,
-    TaskNotFoundError,
-)
+from ._delivery import Delivered, Delivery, as_png, default_output_dir
+from ._errors import QolabaError
 from ._jobs import Generation, Jobs, PollPolicy
 from ._models import GenerateRequest
+from ._results import GenerationResult, ModelList, explain, generation_result, model_line
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -44,29 +39,17 @@ INSTRUCTIONS = (
     "return a task_id before they finish: call get_task with that task_id (and wait_seconds) to collect the "
     "images. Never call generate_image twice for one image: each call is a new, paid generation."
 )
+_TASK_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 TaskId = Annotated[
     str,
     Field(
         min_length=1,
         max_length=200,
-        pattern=r"^[A-Za-z0-9_.:\-]+$",
+        pattern=rf"^{_TASK_ID.pattern}$",
         description="The task_id that generate_image returned.",
         examples=["task_1705312200000_abc123"],
     ),
 ]
-
-
-class GenerationResult(Generation):
-    """The result of generate_image and get_task."""
-
-    next_step: str | None = Field(default=None, description="What to do next, when the task is not done.")
-
-
-class ModelList(BaseModel):
-    """The result of list_models."""
-
-    models: list[ModelInfo]
-    warnings: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +58,20 @@ class AppContext:
 
     settings: Settings
     jobs: Jobs
+    delivery: Delivery
     catalog: Catalog
+    save_by_default: bool
     catalog_warning: str | None = None
+
+    async def finish(self, generation: Generation, *, save: bool | None, wait_seconds: float) -> CallToolResult:
+        """Deliver a finished generation's images (previews, files) and shape the tool result."""
+        delivered: Delivered | None = None
+        if generation.status == "SUCCESS" and generation.images:
+            should_save = self.save_by_default if save is None else save
+            delivered = await self.delivery.deliver(generation.task_id, generation.images, save=should_save)
+        return generation_result(
+            generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds
+        )
 
 
 def _keyword(name: str, field: FieldInfo | Any) -> inspect.Parameter:
@@ -104,10 +99,7 @@ def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
             default=min(default, settings.max_wait_seconds),
             ge=0,
             le=settings.max_wait_seconds,
-            description=(
-                f"Seconds to wait for the result while streaming progress (0 to {settings.max_wait_seconds:g}). "
-                "When it runs out, the result carries the task_id: continue with get_task."
-            ),
+            description="Seconds to wait, with progress; then the result has the task_id for get_task.",
         ),
     )
 
@@ -116,14 +108,22 @@ _MODE = FieldInfo.from_annotated_attribute(
     Literal["async", "sync"],  # type: ignore[arg-type]
     Field(
         default="async",
-        description="'async' (default): submit, then poll with progress. 'sync': one blocking request, "
-        "for fast models.",
+        description="async: submit, then poll with progress. sync: one blocking request (fast models).",
     ),
 )
 
 
-def build_server(settings: Settings) -> MCPServer:
-    """The MCP server with its tools; the HTTP client and catalogue are made in its lifespan."""
+_SAVE = FieldInfo.from_annotated_attribute(
+    bool | None,  # type: ignore[arg-type]
+    Field(
+        default=None,
+        description="Save the images on this machine and return their paths (default: on for stdio).",
+    ),
+)
+
+
+def build_server(settings: Settings, *, transport: Literal["stdio", "http"] = "stdio") -> MCPServer:
+    """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan."""
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppContext]:
@@ -141,15 +141,30 @@ def build_server(settings: Settings) -> MCPServer:
             sync_timeout=settings.sync_timeout,
         )
         poll = PollPolicy(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
-        async with client:
+        # Image hosts get their own client: it never carries the Qolaba key.
+        downloads = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(60, connect=settings.connect_timeout),
+            follow_redirects=True,
+            headers={"User-Agent": "qolaba-mcp"},
+        )
+        delivery = Delivery(
+            http=downloads,
+            output_dir=settings.output_dir or default_output_dir(),
+            preview=settings.preview,
+            preview_max_bytes=settings.preview_max_bytes,
+            max_download_bytes=settings.download_max_bytes,
+        )
+        async with client, downloads:
             yield AppContext(
                 settings=settings,
                 jobs=Jobs(client=client, poll=poll),
+                delivery=delivery,
                 catalog=catalog,
+                save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
                 catalog_warning=warning,
             )
 
-    return MCPServer(
+    server = MCPServer(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
@@ -157,6 +172,42 @@ def build_server(settings: Settings) -> MCPServer:
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
         tools=[_generate_image_tool(settings), _get_task_tool(settings), _list_models_tool()],
     )
+    _add_resources(server)
+    return server
+
+
+def _compact(schema: Any, *, output: bool = False) -> Any:
+    """A JSON schema without pydantic's noise, so tools/list stays small (it is sent with every conversation).
+
+    Drops titles and null defaults; an optional input is described by its real type (omitting it is how a
+    caller says "none"); output schemas also lose descriptions, which the tool descriptions already cover.
+    """
+    if isinstance(schema, list):
+        return [_compact(item, output=output) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    noise = {"title", "description", "additionalProperties", "default"} if output else {"title"}
+    out = {k: _compact(v, output=output) for k, v in schema.items() if not (k in noise and not isinstance(v, dict))}
+    if output:
+        out.pop("$defs", None)
+        out.pop("additionalProperties", None)
+        if "$ref" in out:  # nested shapes are named in the tool's description; the schema stays one level deep
+            del out["$ref"]
+            out["type"] = "object"
+    if out.get("default", ...) is None:
+        del out["default"]
+    variants = out.get("anyOf")
+    if isinstance(variants, list) and len(variants) == 2 and {"type": "null"} in variants:
+        other = next(v for v in variants if v != {"type": "null"})
+        if not output:
+            del out["anyOf"]
+            out = {**other, **out}
+        else:
+            del out["anyOf"]
+            out = {**other, **out, "type": [other.get("type", "object"), "null"]}
+    if isinstance(schema.get("properties"), dict):  # a property may be called "title" or "description"
+        out["properties"] = {name: _compact(sub, output=output) for name, sub in schema["properties"].items()}
+    return out
 
 
 def _strict(tool: Tool) -> Tool:
@@ -164,7 +215,9 @@ def _strict(tool: Tool) -> Tool:
     loose = tool.fn_metadata.arg_model
     strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__})
     tool.fn_metadata.arg_model = strict
-    tool.parameters = strict.model_json_schema(by_alias=True)
+    tool.parameters = _compact(strict.model_json_schema(by_alias=True))
+    if tool.fn_metadata.output_schema is not None:
+        tool.fn_metadata.output_schema = _compact(tool.fn_metadata.output_schema, output=True)
     return tool
 
 
@@ -175,6 +228,7 @@ def _generate_image_tool(settings: Settings) -> Tool:
         app = _app(ctx)
         mode = arguments.pop("mode", _MODE.default)
         wait_seconds = float(arguments.pop("wait_seconds", wait.default))
+        save = arguments.pop("save", None)
         request = GenerateRequest(**arguments, celery=mode == "async")
         try:
             generation = await _while_connected(
@@ -187,13 +241,16 @@ def _generate_image_tool(settings: Settings) -> Tool:
                 ),
             )
         except QolabaError as exc:
-            raise ToolError(_explain(exc, app.catalog, model=request.model)) from exc
-        return _result(generation, wait_seconds, max_wait=settings.max_wait_seconds)
+            raise ToolError(explain(exc, app.catalog, model=request.model)) from exc
+        return await app.finish(generation, save=save, wait_seconds=wait_seconds)
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
     _set_signature(
         generate_image,
-        [_keyword(name, field) for name, field in {**request_fields, "mode": _MODE, "wait_seconds": wait}.items()],
+        [
+            _keyword(name, field)
+            for name, field in {**request_fields, "mode": _MODE, "wait_seconds": wait, "save": _SAVE}.items()
+        ],
         Annotated[CallToolResult, GenerationResult],
     )
     return _strict(
@@ -202,9 +259,8 @@ def _generate_image_tool(settings: Settings) -> Tool:
             name="generate_image",
             title="Generate image",
             description=(
-                "Generate images from a prompt (or edit source images) with a Qolaba model. Waits up to "
-                "wait_seconds while reporting progress; if the images are not ready by then, returns the task_id "
-                "to pass to get_task. Each call is a new, paid generation."
+                "Generate images with a Qolaba model. Waits up to wait_seconds with progress; if not done by "
+                "then, returns the task_id for get_task. Each call is a new, paid generation."
             ),
             annotations=ToolAnnotations(
                 read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
@@ -216,7 +272,9 @@ def _generate_image_tool(settings: Settings) -> Tool:
 def _get_task_tool(settings: Settings) -> Tool:
     wait = _wait_seconds(settings, 0)
 
-    async def get_task(ctx: Context[AppContext], task_id: str, wait_seconds: float = 0) -> CallToolResult:
+    async def get_task(
+        ctx: Context[AppContext], task_id: str, wait_seconds: float = 0, save: bool | None = None
+    ) -> CallToolResult:
         app = _app(ctx)
         try:
             generation = await _while_connected(
@@ -230,12 +288,12 @@ def _get_task_tool(settings: Settings) -> Tool:
             )
         except QolabaError as exc:
             exc.task_id = exc.task_id or task_id
-            raise ToolError(_explain(exc, app.catalog)) from exc
-        return _result(generation, wait_seconds, max_wait=settings.max_wait_seconds)
+            raise ToolError(explain(exc, app.catalog)) from exc
+        return await app.finish(generation, save=save, wait_seconds=wait_seconds)
 
     _set_signature(
         get_task,
-        [_keyword("task_id", TaskId), _keyword("wait_seconds", wait)],
+        [_keyword("task_id", TaskId), _keyword("wait_seconds", wait), _keyword("save", _SAVE)],
         Annotated[CallToolResult, GenerationResult],
     )
     return _strict(
@@ -244,8 +302,8 @@ def _get_task_tool(settings: Settings) -> Tool:
             name="get_task",
             title="Get generation task",
             description=(
-                "Check a generation started by generate_image: its status, and its images once done. With "
-                "wait_seconds > 0, waits for it to finish while reporting progress. Never starts a new generation."
+                "Status and images of a generation started by generate_image; with wait_seconds, waits for it "
+                "with progress. Never starts a generation."
             ),
             annotations=ToolAnnotations(
                 read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
@@ -261,7 +319,7 @@ def _list_models_tool() -> Tool:
             models=app.catalog.with_capability(capability),
             warnings=[app.catalog_warning] if app.catalog_warning else [],
         )
-        lines = [_model_line(model) for model in result.models] or [f"No model has capability {capability}."]
+        lines = [model_line(model) for model in result.models] or [f"No model has capability {capability}."]
         lines += [f"Warning: {text}" for text in result.warnings]
         return CallToolResult(
             content=[TextContent(text="\n".join(lines))],
@@ -270,7 +328,7 @@ def _list_models_tool() -> Tool:
 
     capability = FieldInfo.from_annotated_attribute(
         Capability | None,  # type: ignore[arg-type]
-        Field(default=None, description="Only models with this capability."),
+        Field(default=None),
     )
     _set_signature(list_models, [_keyword("capability", capability)], Annotated[CallToolResult, ModelList])
     return _strict(
@@ -279,14 +337,58 @@ def _list_models_tool() -> Tool:
             name="list_models",
             title="List image models",
             description=(
-                "The Qolaba image models known to this server: capabilities, max images, aspect ratios, quality "
-                "presets and accepted parameters. Model ids not listed may still work: the API decides."
+                "Known Qolaba image models: capabilities, max images, aspect ratios, quality presets, accepted "
+                "parameters. Unlisted ids may still work."
             ),
             annotations=ToolAnnotations(
                 read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
             ),
         )
     )
+
+
+def _add_resources(server: MCPServer) -> None:
+    """Results readable through MCP: a task as JSON, and each image's bytes (fetched on read)."""
+
+    @server.resource(
+        "qolaba://tasks/{task_id}",
+        name="task",
+        title="Generation task",
+        description="A generation task as JSON: status, images, usage, error.",
+        mime_type="application/json",
+    )
+    async def task_resource(task_id: str, ctx: Context[AppContext]) -> str:
+        return (await _task_for_resource(ctx, task_id)).model_dump_json()
+
+    @server.resource(
+        "qolaba://images/{task_id}/{index}",
+        name="image",
+        title="Generated image",
+        description="The bytes of image number {index} (from 0) of a finished task, as PNG.",
+        mime_type="image/png",
+    )
+    async def image_resource(task_id: str, index: str, ctx: Context[AppContext]) -> bytes:
+        generation = await _task_for_resource(ctx, task_id)
+        if generation.status != "SUCCESS":
+            raise ResourceError(f"Task {task_id} is {generation.status}: it has no images yet.")
+        if not index.isdigit() or int(index) >= len(generation.images):
+            raise ResourceError(f"Task {task_id} has images 0 to {len(generation.images) - 1}; no image {index!r}.")
+        try:
+            data, content_type = await _app(ctx).delivery.fetch(generation.images[int(index)].url)
+        except QolabaError as exc:
+            raise ResourceError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
+        return data if content_type == "image/png" else await anyio.to_thread.run_sync(as_png, data)
+
+
+async def _task_for_resource(ctx: Context[AppContext], task_id: str) -> Generation:
+    if not _TASK_ID.fullmatch(task_id):
+        raise ResourceError(f"{task_id[:80]!r} is not a task_id.")
+    app = _app(ctx)
+    try:
+        return await app.jobs.get_task(task_id, wait_seconds=0, api_key=_client_key(ctx, app.settings))
+    except QolabaError as exc:
+        exc.task_id = exc.task_id or task_id
+        raise ResourceError(explain(exc, app.catalog)) from exc
 
 
 def _app(ctx: Context[AppContext]) -> AppContext:
@@ -350,96 +452,3 @@ def _progress_sender(ctx: Context[AppContext]) -> Callable[[float, float | None,
             log.debug("progress notification failed; no more will be sent for this call", exc_info=True)
 
     return send
-
-
-def _model_line(model: ModelInfo) -> str:
-    status = "documented" if model.documented else "assumed"
-    return (
-        f"{model.id} ({model.display_name}): {', '.join(model.capabilities)}; max images {model.max_images}; "
-        f"aspect ratios {', '.join(model.aspect_ratios)}; quality {', '.join(model.qualities)}; "
-        f"parameters {', '.join(model.parameters)} [{status}]"
-    )
-
-
-def _result(generation: Generation, wait_seconds: float, *, max_wait: float) -> CallToolResult:
-    result = GenerationResult(**generation.model_dump())
-    if not generation.done:
-        result.next_step = (
-            f'Not finished after waiting {wait_seconds:g} s. Call get_task with task_id="{generation.task_id}" '
-            f"and wait_seconds={min(max(wait_seconds, 30), max_wait):g} to keep waiting. Do not call "
-            "generate_image again: the task is already running."
-        )
-    content: list[TextContent | ResourceLink] = [TextContent(text=_summary(result))]
-    for index, image in enumerate(result.images):
-        content.append(
-            ResourceLink(
-                name=f"{result.task_id or 'image'}-{index}",
-                uri=image.url,
-                mime_type=image.content_type or "image/png",
-                description=f"{image.width}x{image.height}" if image.width and image.height else None,
-            )
-        )
-    return CallToolResult(
-        content=content,
-        structured_content=result.model_dump(mode="json"),
-        is_error=generation.status == "FAILED",
-    )
-
-
-def _summary(result: GenerationResult) -> str:
-    if result.status == "FAILED":
-        return (
-            f"Generation failed (task_id {result.task_id}): {result.error}. Adjust the prompt or parameters and "
-            "call generate_image again."
-        )
-    if result.status != "SUCCESS":
-        text = f"Task {result.task_id} is {result.status} after {result.elapsed_seconds:.1f} s. {result.next_step}"
-        if result.poll_error:
-            text += f" (Last poll failed: {result.poll_error})"
-        return text
-    cost = ""
-    if result.usage and result.usage.cost_credits is not None:
-        cost = f", cost {result.usage.cost_credits:g} credits (${result.usage.cost_usd or 0:g})"
-    lines = [
-        f"Generated {len(result.images)} image(s) with {result.model or 'the model'} in "
-        f"{result.elapsed_seconds:.1f} s (task_id {result.task_id}, seed {result.seed}{cost}):"
-    ]
-    for index, image in enumerate(result.images, start=1):
-        size = f" ({image.width}x{image.height})" if image.width and image.height else ""
-        lines.append(f"{index}. {image.url}{size}")
-    return "\n".join(lines)
-
-
-def _explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> str:
-    """A tool-error text that tells the agent its next move."""
-    task = f" (task_id {exc.task_id})" if exc.task_id else ""
-    if isinstance(exc, MissingApiKeyError):
-        return exc.message
-    if isinstance(exc, BadRequestError):
-        text = f"The Qolaba API rejected the request: {exc.message}. Fix the named argument and call again."
-        if model is not None and model not in catalog:
-            text += f" Known models: {', '.join(catalog.ids())} (list_models has details)."
-        return text
-    if isinstance(exc, AuthenticationError):
-        return (
-            f"The Qolaba API refused the API key ({exc.status_code}). Check QOLABA_API_KEY in the MCP server's "
-            "environment; retrying will not help until the key is fixed."
-        )
-    if isinstance(exc, RateLimitError):
-        after = f"{exc.retry_after:g} s" if exc.retry_after is not None else "a little while"
-        return f"Rate limited by the Qolaba API after several tries{task}. Retry after {after}."
-    if isinstance(exc, TaskNotFoundError):
-        return f"The Qolaba API knows no task {exc.task_id!r}. Check the task_id that generate_image returned."
-    if isinstance(exc, NetworkError) and not exc.request_sent:
-        return f"Could not reach the Qolaba API ({exc.message}); nothing was submitted. Retry shortly."
-    if exc.task_id:
-        return (
-            f"{exc.message}{task}. The task may still finish: call get_task with "
-            f'task_id="{exc.task_id}" rather than generating again.'
-        )
-    if isinstance(exc, NetworkError | ServerError):
-        return (
-            f"{exc.message}. The submission's state is unknown: the API may have created the task. Do not "
-            "retry at once; check the Qolaba dashboard, or retry knowing it may be a second paid generation."
-        )
-    return f"{exc.message}{task}."

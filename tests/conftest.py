@@ -17,11 +17,17 @@ from mcp import Client, StdioServerParameters
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
 SERVER_KEY = "qk_test_server_key_5f2c9e1d"
+_OUTPUT_DIR: list[str] = []  # the session's folder for images saved by servers under test
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _saved_images_stay_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _OUTPUT_DIR.append(str(tmp_path_factory.mktemp("saved-images")))
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +52,7 @@ def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
         QOLABA_API_KEY=SERVER_KEY,
         QOLABA_MAX_WAIT_SECONDS="30",
         QOLABA_POLL_MAX_INTERVAL="0.5",
+        QOLABA_OUTPUT_DIR=_OUTPUT_DIR[0],
     )
     for key, value in extra.items():
         if value is None:

@@ -130,6 +130,7 @@ def run_soak(
             QOLABA_API_BASE_URL=sandbox.base_url,
             QOLABA_API_KEY=api_key,
             QOLABA_POLL_MAX_INTERVAL="1",
+            QOLABA_SAVE="off",
         )
         started = time.monotonic()
         with open(stderr_path, "w", encoding="utf-8") if stderr_path else tempfile.TemporaryFile("w+") as errlog:

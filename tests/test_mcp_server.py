@@ -242,7 +242,7 @@ async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
     expected_fields = {
         "model", "prompt", "image_urls", "reference_images", "mask_url", "aspect_ratio", "quality",
         "num_images", "seed", "num_inference_steps", "guidance_scale", "temperature", "negative_prompt",
-        "mode", "wait_seconds",
+        "mode", "wait_seconds", "save",
     }  # fmt: skip
     assert set(props) == expected_fields  # flat: the fields themselves, no wrapper object
 
