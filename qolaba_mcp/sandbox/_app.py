@@ -88,7 +88,7 @@ class SandboxConfig(BaseModel):
     poll_shape: PollShape = Field(
         default="output-object", description="Where a finished task's images appear in the poll body."
     )
-    random_seed: int | None = Field(default=None, description="Seed for fault dice and default seeds.")
+    random_seed: int | None = Field(default=None, description="Seed for the fault dice, for repeatable runs.")
     api_keys: list[str] | None = Field(
         default=None, description="When set, only these keys are accepted (others get 401); else any key."
     )
@@ -268,6 +268,8 @@ class Sandbox:
     def configure(self, **changes: Any) -> SandboxConfig:
         """Change knobs while running, e.g. ``configure(latency=0, faults=[Fault(...)])``."""
         self.state.config = SandboxConfig.model_validate({**self.state.config.model_dump(), **changes})
+        if "random_seed" in changes:
+            self.state.rng.seed(self.state.config.random_seed)
         return self.state.config
 
     # --- API endpoints -------------------------------------------------------------------------------
@@ -405,7 +407,7 @@ class Sandbox:
             task_id=f"task_{int(now * 1000)}_{secrets.token_hex(4)}",
             request=request,
             model=model,
-            seed=request.seed if request.seed is not None else state.rng.randrange(2**31),
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
             width=width,
             height=height,
             created=now,
