@@ -6,16 +6,30 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?= -n 4
 
-.PHONY: test demo sandbox soak fuzz clean
+.PHONY: test lint demo sandbox soak fuzz bench interop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# The suite waits on sockets and subprocesses far more than it computes: 4 workers on 2 cores.
-test: $(STAMP)
+# Static checks first, then the suite. It waits on sockets and subprocesses far more than it computes: 4 workers
+# on 2 cores.
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check qolaba_mcp tests bench
+	$(BIN)/ruff format --check qolaba_mcp tests bench
+	$(BIN)/mypy qolaba_mcp
+
+# Side by side with a bare MCP SDK server (the floor): prints a table and writes BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py --out BENCHMARKS.md
+
+# The MCP Inspector CLI (Node) against qolaba-mcp; skips, saying so, where npx is missing.
+interop: $(STAMP)
+	bash scripts/interop.sh
 
 # 500 generate_image calls, 20 at a time, through one stdio server against a faulty sandbox.
 soak: $(STAMP)
@@ -32,4 +46,4 @@ sandbox: $(STAMP)
 	$(BIN)/qolaba-mcp sandbox
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .interop

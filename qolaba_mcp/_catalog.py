@@ -40,7 +40,7 @@ class ModelInfo(BaseModel):
 
     id: Annotated[str, Field(min_length=1, max_length=200)]
     name: str = ""
-    capabilities: list[Capability] = Field(default_factory=lambda: ["text-to-image"])
+    capabilities: list[Capability] = Field(default_factory=lambda: ["text-to-image"])  # type: ignore[arg-type]
     max_images: Annotated[int, Field(ge=1, le=10)] = 4
     aspect_ratios: list[str] = Field(default_factory=lambda: ["1:1"])
     default_aspect_ratio: str = "1:1"

@@ -113,7 +113,7 @@ def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: boo
         allowed_hosts=[*_LOOPBACK_HOSTS, *settings.mcp_allowed_hosts],
         allowed_origins=[*_LOOPBACK_ORIGINS, *settings.mcp_allowed_origins],
     )
-    app = server.streamable_http_app(
+    app: ASGIApp = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=stateless,
         json_response=False,
@@ -121,8 +121,8 @@ def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: boo
         max_request_body_size=settings.mcp_max_body_bytes,
         transport_security=security,
     )
-    app = DisconnectSignal(app)
-    return BearerAuth(app, token) if token else app
+    guarded = DisconnectSignal(app)
+    return BearerAuth(guarded, token) if token else guarded
 
 
 def serve_http(

@@ -8,13 +8,14 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import anyio
 import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
@@ -213,7 +214,10 @@ def _compact(schema: Any, *, output: bool = False) -> Any:
 def _strict(tool: Tool) -> Tool:
     """Refuse unknown arguments: a misspelt field must be an error, not silently ignored on a paid call."""
     loose = tool.fn_metadata.arg_model
-    strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__})
+    strict = cast(
+        "type[ArgModelBase]",
+        type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__}),
+    )
     tool.fn_metadata.arg_model = strict
     tool.parameters = _compact(strict.model_json_schema(by_alias=True))
     if tool.fn_metadata.output_schema is not None:

@@ -69,7 +69,7 @@ class Fault(BaseModel):
         return cls(
             kind=FAULT_ALIASES[kind.strip().lower()],
             rate=float(rate),
-            on=target.strip().lower() or "both",  # type: ignore[arg-type]
+            on=target.strip().lower() or "both",
         )
 
 

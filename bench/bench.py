@@ -1,0 +1,696 @@
+"""qolaba-mcp against its floors, side by side, in one run: start-up, round trips, sync overhead, completion
+lag, 100 concurrent calls and memory.
+
+    .venv/bin/python bench/bench.py [--quick] [--out BENCHMARKS.md]
+
+Every MCP figure goes through the SDK Client over stdio, as a host would see it. The baselines are
+bench/floor_server.py (a bare SDK server with one echo tool: the floor no Python MCP server can beat) and, for
+synchronous generation, a direct HTTP POST to the same sandbox. Sandboxes run in this process on background
+threads; servers run with QOLABA_SAVE=off and QOLABA_PREVIEW=off, so the figures are the protocol path, not
+image handling. Prints a table and writes it, with per-scenario details, to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult
+
+from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+FLOOR_SCRIPT = BENCH_DIR / "floor_server.py"
+MODEL = "vertex/nano-banana-flash"
+GENERATE_PATH = "/api/v1/images/generate"
+WAIT_SECONDS = 50
+# Markers that pick each server's process out of this process's children (matched against its argv).
+QOLABA_MARKER = "qolaba_mcp"
+FLOOR_MARKER = FLOOR_SCRIPT.name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each scenario to run."""
+
+    starts: int  # cold starts per server
+    round_trips: int  # calls per tool on a warm session
+    sync_calls: int  # sync generations, and as many direct POSTs
+    latencies: tuple[float, ...]  # sandbox latencies for the completion-lag scenario
+    lag_calls: int  # concurrent generate_image calls per latency
+    concurrent: int  # calls in the one-process concurrency scenario
+    concurrent_latency: float = 5.0
+
+
+FULL = Plan(starts=12, round_trips=300, sync_calls=60, latencies=(2.0, 10.0, 30.0), lag_calls=5, concurrent=100)
+QUICK = Plan(starts=5, round_trips=50, sync_calls=20, latencies=(2.0,), lag_calls=5, concurrent=20)
+
+
+# --- helpers: statistics, environment, /proc ---------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation between the closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return pct(values, 0.5)
+
+
+def server_env(base_url: str) -> dict[str, str]:
+    """One environment for every server: no inherited QOLABA_* settings, files and previews off.
+
+    PYTHONDONTWRITEBYTECODE is dropped so the discarded warm-up start caches bytecode for a checkout being
+    edited, as installing a package does: otherwise every start would compile qolaba_mcp from source.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("QOLABA_") and key != "PYTHONDONTWRITEBYTECODE"
+    }
+    env.update(
+        QOLABA_API_BASE_URL=base_url,
+        QOLABA_API_KEY="bench",
+        QOLABA_SAVE="off",
+        QOLABA_PREVIEW="off",
+        QOLABA_MAX_WAIT_SECONDS=str(WAIT_SECONDS),
+    )
+    return env
+
+
+def qolaba_params(base_url: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(base_url))
+
+
+def floor_params(base_url: str) -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=[str(FLOOR_SCRIPT)], env=server_env(base_url))
+
+
+def child_pid(marker: str) -> int:
+    """The pid of the one child of this process whose argv mentions ``marker``.
+
+    The SDK spawns a stdio server directly (no shell), so the server is a child of this process.
+    """
+    me = os.getpid()
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # The command name in field 2 may hold spaces or parentheses: fields after the last ")" are safe.
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+        if any(marker.encode() in arg for arg in argv):
+            found.append(int(entry.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one child process matching {marker!r}, found {found}")
+    return found[0]
+
+
+def memory_kb(pid: int, key: str) -> int:
+    """A ``Vm*`` figure (kB) from /proc/<pid>/status: VmRSS now, VmHWM the peak so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not found for pid {pid}")
+
+
+def check(result: CallToolResult, what: str) -> dict[str, Any]:
+    """The structured result of a call that must have succeeded."""
+    if result.is_error:
+        raise RuntimeError(f"{what} failed: {result.content}")
+    return result.structured_content or {}
+
+
+# --- scenario 1 and 6: cold start and idle RSS ----------------------------------------------------------------
+
+
+@dataclass
+class Starts:
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    rss_kb: dict[str, list[int]] = field(default_factory=dict)
+
+
+async def start_once(params: StdioServerParameters, marker: str) -> tuple[float, int]:
+    """Spawn -> tools/list answered, in seconds; then the server's resident memory at rest (kB)."""
+    started = time.perf_counter()
+    async with Client(params) as client:
+        await client.list_tools()
+        elapsed = time.perf_counter() - started
+        rss = memory_kb(child_pid(marker), "VmRSS")
+    return elapsed, rss
+
+
+async def cold_starts(plan: Plan, base_url: str) -> Starts:
+    servers = {"qolaba-mcp": (qolaba_params(base_url), QOLABA_MARKER), "floor": (floor_params(base_url), FLOOR_MARKER)}
+    out = Starts({name: [] for name in servers}, {name: [] for name in servers})
+    for params, marker in servers.values():  # discarded: warms the page cache, caches bytecode
+        await start_once(params, marker)
+    names = list(servers)
+    for i in range(plan.starts):
+        # Alternate which server goes first, so drift in machine load falls on both alike.
+        for name in names if i % 2 == 0 else reversed(names):
+            elapsed, rss = await start_once(*servers[name])
+            out.seconds[name].append(elapsed)
+            out.rss_kb[name].append(rss)
+    return out
+
+
+# --- scenario 2 and 3: round trips on warm sessions -----------------------------------------------------------
+
+
+async def interleaved(
+    calls: dict[str, Callable[[], Awaitable[object]]], runs: int, warmup: int
+) -> dict[str, list[float]]:
+    """Time ``runs`` awaits of each call, one at a time, alternating between them; ``warmup`` rounds discarded."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(warmup + runs):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            await call()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+async def round_trips(plan: Plan, base_url: str) -> dict[str, list[float]]:
+    async with Client(qolaba_params(base_url)) as qolaba, Client(floor_params(base_url)) as floor:
+
+        async def list_models() -> None:
+            check(await qolaba.call_tool("list_models", {}), "list_models")
+
+        async def echo() -> None:
+            check(await floor.call_tool("echo", {"text": "bench"}), "echo")
+
+        return await interleaved({"qolaba-mcp": list_models, "floor": echo}, plan.round_trips, warmup=10)
+
+
+async def sync_generations(plan: Plan, base_url: str) -> dict[str, list[float]]:
+    arguments = {"model": MODEL, "prompt": "bench", "mode": "sync"}
+    body = {"model": MODEL, "prompt": "bench", "celery": False}
+    async with (
+        Client(qolaba_params(base_url)) as qolaba,
+        httpx2.AsyncClient(base_url=base_url, headers={"X-API-Key": "bench"}, timeout=30) as http,
+    ):
+
+        async def via_mcp() -> None:
+            data = check(await qolaba.call_tool("generate_image", arguments), "sync generate_image")
+            if data.get("status") != "SUCCESS":
+                raise RuntimeError(f"sync generate_image ended {data.get('status')}")
+
+        async def direct() -> None:
+            (await http.post(GENERATE_PATH, json=body)).raise_for_status()
+
+        return await interleaved({"qolaba-mcp": via_mcp, "direct": direct}, plan.sync_calls, warmup=3)
+
+
+# --- scenario 4 and 5: async generations ----------------------------------------------------------------------
+
+
+@dataclass
+class AsyncCall:
+    started: float  # wall clock, just before the call
+    arrived: float  # wall clock, when its result arrived
+    status: str
+    task_done: float | None = None  # wall clock when the sandbox finished the task (created + latency)
+    latency: float | None = None
+    polls: int = 0
+    notifications: int = 0
+    error: str | None = None
+
+    @property
+    def lag_ms(self) -> float | None:
+        return None if self.task_done is None else (self.arrived - self.task_done) * 1000
+
+
+async def async_call(client: Client, sandbox: SandboxServer, calls: list[AsyncCall]) -> None:
+    """One async generate_image; its outcome is recorded, never raised, so one failure stops no other call."""
+    notifications = 0
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        nonlocal notifications
+        notifications += 1
+
+    started = time.time()
+    try:
+        result = await client.call_tool(
+            "generate_image",
+            {"model": MODEL, "prompt": "bench", "wait_seconds": WAIT_SECONDS},
+            progress_callback=on_progress,
+        )
+    except Exception as exc:  # reported in the table's details, never raised
+        calls.append(AsyncCall(started, time.time(), "EXCEPTION", error=repr(exc)))
+        return
+    arrived = time.time()
+    data = result.structured_content or {}
+    call = AsyncCall(started, arrived, str(data.get("status", "ERROR")), notifications=notifications)
+    if result.is_error:
+        call.status = "ERROR" if call.status == "SUCCESS" else call.status
+        call.error = str(result.content)[:300]
+    task = sandbox.sandbox.state.tasks.get(data.get("task_id", ""))
+    if task is not None:
+        call.task_done = task.created + task.latency
+        call.latency = task.latency
+        call.polls = sandbox.sandbox.state.polls_by_task[task.task_id]
+    calls.append(call)
+
+
+@dataclass
+class Batch:
+    latency: float
+    calls: list[AsyncCall]
+    peak_rss_kb: int | None = None
+
+    @property
+    def ok(self) -> list[AsyncCall]:
+        return [c for c in self.calls if c.status == "SUCCESS" and c.lag_ms is not None]
+
+    def lags(self) -> list[float]:
+        return [c.lag_ms for c in self.ok if c.lag_ms is not None]
+
+    def polls(self) -> list[float]:
+        return [float(c.polls) for c in self.ok]
+
+
+async def batch(latency: float, n: int, *, measure_memory: bool = False) -> Batch:
+    """n concurrent generate_image calls through one server process, against a sandbox of its own."""
+    calls: list[AsyncCall] = []
+    with SandboxServer(SandboxConfig(latency=latency)) as sandbox:
+        async with Client(qolaba_params(sandbox.base_url)) as client:
+            async with anyio.create_task_group() as group:
+                for _ in range(n):
+                    group.start_soon(async_call, client, sandbox, calls)
+            peak = memory_kb(child_pid(QOLABA_MARKER), "VmHWM") if measure_memory else None
+    return Batch(latency, calls, peak)
+
+
+async def completion_lag(plan: Plan) -> list[Batch]:
+    """All latencies at once, each with its own sandbox and server, so the scenario lasts the longest one."""
+    batches: list[Batch] = []
+
+    async def one(latency: float) -> None:
+        batches.append(await batch(latency, plan.lag_calls))
+
+    async with anyio.create_task_group() as group:
+        for latency in plan.latencies:
+            group.start_soon(one, latency)
+    return sorted(batches, key=lambda b: b.latency)
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: str
+    baseline: str
+    ratio: str
+    target: str
+    verdict: str  # "met", "MISSED" or "info"
+
+
+HEADERS = ("figure", "qolaba-mcp", "baseline", "ratio", "target", "result")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:.1f} MB"
+
+
+def text_table(rows: list[Row]) -> str:
+    cells = [HEADERS, *[(r.figure, r.ours, r.baseline, r.ratio, r.target, r.verdict) for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADERS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + " --- |" * len(HEADERS)]
+    for r in rows:
+        verdict_cell = f"**{r.verdict}**" if r.verdict == "MISSED" else r.verdict
+        lines.append(f"| {r.figure} | {r.ours} | {r.baseline} | {r.ratio} | {r.target} | {verdict_cell} |")
+    return "\n".join(lines)
+
+
+def machine_facts() -> list[str]:
+    try:
+        cores = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        cores = str(os.cpu_count())
+    cpu = "unknown CPU"
+    memory = "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        total_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+        memory = f"{total_kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    return [
+        f"{cores} CPUs (`nproc`), {cpu}, {memory} RAM, {platform.system()} {platform.release()}",
+        f"Python {platform.python_version()} ({platform.python_implementation()}), mcp {metadata.version('mcp')}, "
+        f"qolaba-mcp {metadata.version('qolaba-mcp')}, httpx2 {metadata.version('httpx2')}",
+    ]
+
+
+@dataclass
+class Results:
+    plan: Plan
+    starts: Starts
+    trips: dict[str, list[float]]
+    sync: dict[str, list[float]]
+    lag: list[Batch]
+    crowd: Batch
+    seconds: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
+
+
+def build_rows(res: Results) -> list[Row]:
+    rows: list[Row] = []
+    cold_q, cold_f = res.starts.seconds["qolaba-mcp"], res.starts.seconds["floor"]
+    ratio = median(cold_q) / median(cold_f)
+    rows.append(
+        Row(
+            "cold start p50",
+            ms(median(cold_q)),
+            ms(median(cold_f)),
+            f"{ratio:.2f}x",
+            "<= 1.15x",
+            verdict(ratio <= 1.15),
+        )
+    )
+    rows.append(
+        Row(
+            "cold start p95",
+            ms(pct(cold_q, 0.95)),
+            ms(pct(cold_f, 0.95)),
+            f"{pct(cold_q, 0.95) / pct(cold_f, 0.95):.2f}x",
+            "-",
+            "info",
+        )
+    )
+
+    trip_q, trip_f = res.trips["qolaba-mcp"], res.trips["floor"]
+    ratio = median(trip_q) / median(trip_f)
+    rows.append(
+        Row(
+            "round trip p50 (list_models vs echo)",
+            ms(median(trip_q)),
+            ms(median(trip_f)),
+            f"{ratio:.2f}x",
+            "<= 1.3x",
+            verdict(ratio <= 1.3),
+        )
+    )
+    rows.append(
+        Row(
+            "round trip p95 (list_models vs echo)",
+            ms(pct(trip_q, 0.95)),
+            ms(pct(trip_f, 0.95)),
+            f"{pct(trip_q, 0.95) / pct(trip_f, 0.95):.2f}x",
+            "-",
+            "info",
+        )
+    )
+
+    sync_q, sync_d = res.sync["qolaba-mcp"], res.sync["direct"]
+    for label, q in (("p50", 0.5), ("p95", 0.95)):
+        ours, base = pct(sync_q, q), pct(sync_d, q)
+        rows.append(
+            Row(
+                f"sync generate_image {label} (vs direct POST)",
+                ms(ours),
+                ms(base),
+                f"{ours / base:.2f}x",
+                f"- (+{(ours - base) * 1000:.1f} ms)",
+                "info",
+            )
+        )
+
+    for b in res.lag:
+        lags = b.lags()
+        polls_per_s = (sum(b.polls()) / len(b.ok) / b.latency) if b.ok else math.inf
+        all_ok = len(b.ok) == len(b.calls)
+        label = f"{b.latency:g} s"
+        p95 = pct(lags, 0.95) if lags else math.inf
+        rows.append(
+            Row(
+                f"async lag p50, {label} ({len(b.ok)}/{len(b.calls)} ok)",
+                f"{pct(lags, 0.5):.0f} ms" if lags else "n/a",
+                "-",
+                "-",
+                "-",
+                "info",
+            )
+        )
+        rows.append(
+            Row(f"async lag p95, {label}", f"{p95:.0f} ms", "-", "-", "<= 300 ms", verdict(all_ok and p95 <= 300))
+        )
+        rows.append(
+            Row(f"polls/s per task, {label}", f"{polls_per_s:.2f}", "-", "-", "<= 1.5", verdict(polls_per_s <= 1.5))
+        )
+
+    crowd = res.crowd
+    n = len(crowd.calls)
+    rows.append(
+        Row(f"{n} concurrent calls succeeded", f"{len(crowd.ok)}/{n}", "-", "-", "all", verdict(len(crowd.ok) == n))
+    )
+    wall, slowest = crowd_times(crowd)
+    rows.append(
+        Row(
+            f"{n} concurrent: wall vs slowest task",
+            f"{wall:.2f} s",
+            f"{slowest:.2f} s",
+            f"+{wall - slowest:.2f} s",
+            "<= +1 s",
+            verdict(wall <= slowest + 1),
+        )
+    )
+    peak = crowd.peak_rss_kb or 0
+    rows.append(Row(f"{n} concurrent: peak RSS (VmHWM)", mb(peak), "-", "-", "<= 150 MB", verdict(peak <= 150 * 1024)))
+
+    rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
+    ratio = median(rss_q) / median(rss_f)
+    rows.append(
+        Row(
+            "idle RSS (after tools/list)",
+            mb(median(rss_q)),
+            mb(median(rss_f)),
+            f"{ratio:.2f}x",
+            "<= 1.2x",
+            verdict(ratio <= 1.2),
+        )
+    )
+    return rows
+
+
+def crowd_times(crowd: Batch) -> tuple[float, float]:
+    """(first call start -> last result, first call start -> last task finished in the sandbox), seconds."""
+    first = min(c.started for c in crowd.calls)
+    last = max(c.arrived for c in crowd.calls)
+    done = [c.task_done for c in crowd.calls if c.task_done is not None]
+    return last - first, (max(done) - first) if done else math.nan
+
+
+def details(res: Results) -> str:
+    p = res.plan
+    out: list[str] = []
+
+    def samples(values: list[float], scale: float = 1000, unit: str = "ms") -> str:
+        return ", ".join(f"{v * scale:.0f}" for v in values) + f" {unit}"
+
+    out.append("### 1. Cold start\n")
+    out.append(
+        f"Spawn -> `tools/list` answered, timed from just before `async with Client(...)` to `list_tools()` "
+        f"returning; {p.starts} starts per server after one discarded warm-up start each, alternating which server "
+        f"starts first.\n"
+    )
+    for name, values in res.starts.seconds.items():
+        out.append(
+            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+            f"max {ms(max(values))}; samples: {samples(values)}"
+        )
+    out.append("\n### 2. Round trip on a warm session\n")
+    out.append(
+        f"`list_models` (no arguments, the whole catalogue) on qolaba-mcp against `echo` on the floor server, "
+        f"{p.round_trips} calls each after 10 discarded rounds, alternating one call of each.\n"
+    )
+    for name, values in res.trips.items():
+        out.append(
+            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+            f"p99 {ms(pct(values, 0.99))}, max {ms(max(values))}"
+        )
+    out.append("\n### 3. Synchronous generation against a zero-latency sandbox\n")
+    out.append(
+        f'`generate_image` with `mode: "sync"` (qolaba-mcp over stdio) against a direct httpx2 POST of '
+        f'`{{"model": "{MODEL}", "prompt": "bench", "celery": false}}` to `{GENERATE_PATH}` on the same '
+        f"sandbox, {p.sync_calls} of each after 3 discarded rounds, alternating.\n"
+    )
+    for name, values in res.sync.items():
+        out.append(
+            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+            f"max {ms(max(values))}"
+        )
+    overhead = median(res.sync["qolaba-mcp"]) - median(res.sync["direct"])
+    out.append(f"- overhead of the MCP path at p50: {overhead * 1000:.1f} ms per call")
+    out.append("\n### 4. Async completion lag\n")
+    out.append(
+        f"For each sandbox latency, {p.lag_calls} concurrent `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`, "
+        f"with a progress token) through one qolaba-mcp process and a sandbox of its own; all latencies run at "
+        f"the same time. Lag = wall clock when the result arrives - (task.created + task.latency); polls from the "
+        f"sandbox's per-task counter.\n"
+    )
+    for b in res.lag:
+        describe_batch(out, b)
+    out.append("\n### 5. Concurrent calls in one server process\n")
+    crowd = res.crowd
+    wall, slowest = crowd_times(crowd)
+    out.append(
+        f"{len(crowd.calls)} concurrent async `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`, sandbox latency "
+        f"{crowd.latency:g} s) through one qolaba-mcp process. Wall = first call start -> last result; slowest "
+        f"task = first call start -> the last task's completion in the sandbox (created + latency).\n"
+    )
+    out.append(f"- wall {wall:.2f} s, slowest task {slowest:.2f} s, difference {wall - slowest:+.2f} s")
+    out.append(f"- peak RSS of the server process (VmHWM): {mb(crowd.peak_rss_kb or 0)}")
+    describe_batch(out, crowd)
+    out.append("\n### 6. Idle RSS\n")
+    out.append("VmRSS of the server process right after start-up and one `tools/list`, one reading per cold start.\n")
+    for name, kbs in res.starts.rss_kb.items():
+        out.append(f"- {name}: median {mb(median(kbs))}, min {mb(min(kbs))}, max {mb(max(kbs))}")
+    return "\n".join(out) + "\n"
+
+
+def describe_batch(out: list[str], b: Batch) -> None:
+    statuses: dict[str, int] = {}
+    for c in b.calls:
+        statuses[c.status] = statuses.get(c.status, 0) + 1
+    line = f"- {b.latency:g} s: {len(b.calls)} calls, statuses {statuses}"
+    if b.ok:
+        lags, polls = b.lags(), b.polls()
+        mean_polls = sum(polls) / len(polls)
+        mean_notes = sum(c.notifications for c in b.ok) / len(b.ok)
+        line += (
+            f"; lag p50 {pct(lags, 0.5):.0f} ms, p95 {pct(lags, 0.95):.0f} ms, max {max(lags):.0f} ms; "
+            f"polls per task mean {mean_polls:.1f} (max {max(polls):.0f}), {mean_polls / b.latency:.2f} polls/s; "
+            f"progress notifications per call {mean_notes:.1f}"
+        )
+    out.append(line)
+    for c in b.calls:
+        if c.error:
+            out.append(f"  - {c.status}: {c.error}")
+            break  # the first is enough to start looking
+
+
+def write_report(res: Results, rows: list[Row], path: Path, command: str) -> None:
+    facts = machine_facts()
+    text = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {res.seconds:.0f} s.",
+        "",
+        *[f"- {fact}" for fact in facts],
+        "- Every MCP figure goes through the SDK `Client` over stdio; servers run with `QOLABA_SAVE=off`, "
+        "`QOLABA_PREVIEW=off`, `QOLABA_MAX_WAIT_SECONDS=50` and bytecode caching on (`PYTHONDONTWRITEBYTECODE` "
+        "unset), against sandboxes inside the benchmark process.",
+        f"- Load average (1 min) {res.load[0]:.2f} when the run started, {res.load[1]:.2f} when it ended: figures "
+        "taken on a busy machine are slower and noisier.",
+        "- Baselines: `bench/floor_server.py`, a bare SDK `MCPServer` with one `echo` tool (the floor no Python MCP "
+        "server can beat), and a direct HTTP POST to the sandbox for synchronous generation.",
+        "",
+        markdown_table(rows),
+        "",
+        "## Details",
+        "",
+        details(res),
+    ]
+    path.write_text("\n".join(text))
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+
+async def run(plan: Plan) -> Results:
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    with SandboxServer(SandboxConfig(latency=0)) as sandbox:
+        print(f"1/5 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
+        starts = await cold_starts(plan, sandbox.base_url)
+        print(f"2/5 round trips: {plan.round_trips} calls per tool ...", flush=True)
+        trips = await round_trips(plan, sandbox.base_url)
+        print(f"3/5 sync generate_image vs direct POST: {plan.sync_calls} each ...", flush=True)
+        sync = await sync_generations(plan, sandbox.base_url)
+    latencies = ", ".join(f"{latency:g} s" for latency in plan.latencies)
+    print(f"4/5 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
+    lag = await completion_lag(plan)
+    print(f"5/5 {plan.concurrent} concurrent calls, {plan.concurrent_latency:g} s generations ...", flush=True)
+    crowd = await batch(plan.concurrent_latency, plan.concurrent, measure_memory=True)
+    seconds = time.perf_counter() - started
+    return Results(plan, starts, trips, sync, lag, crowd, seconds, (load_before, os.getloadavg()[0]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer repetitions, 2 s latency only")
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report file (default: BENCHMARKS.md)")
+    args = parser.parse_args()
+    if not Path("/proc/self/status").exists():
+        parser.error("needs Linux /proc to find the servers' processes and read their memory")
+    res = anyio.run(run, QUICK if args.quick else FULL)
+    rows = build_rows(res)
+    print()
+    print(text_table(rows))
+    missed = [row.figure for row in rows if row.verdict == "MISSED"]
+    print(f"\n{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
+    command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
+    write_report(res, rows, args.out, command)
+    print(f"load average {res.load[0]:.2f} at the start, {res.load[1]:.2f} at the end (nproc {os.cpu_count()})")
+    print(f"wrote {args.out} ({res.seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
