@@ -50,7 +50,9 @@ async def one_call(client: Client, sandbox: SandboxServer, rows: list[dict[str, 
 async def run(latency: float, calls: int, env: dict[str, str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with SandboxServer(SandboxConfig(latency=latency)) as sandbox:
+        # previews and saving off: this measures noticing completion; bench/delivery.py measures delivery
         env = {**env, "QOLABA_API_BASE_URL": sandbox.base_url, "QOLABA_API_KEY": "bench"}
+        env.update(QOLABA_PREVIEW="off", QOLABA_SAVE="off")
         params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
         async with Client(params) as client, anyio.create_task_group() as group:
             for _ in range(calls):

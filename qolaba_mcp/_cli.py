@@ -146,35 +146,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from ._config import Settings
+    from ._config import Settings, SettingsError
     from ._server import build_server
 
-    overrides: dict[str, object] = {}
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"qolaba-mcp: {exc}", file=sys.stderr)
+        return 2
+    # Flags win over the environment; model_copy keeps everything else as read.
+    updates: dict[str, object] = {
+        "mcp_allowed_hosts": [*settings.mcp_allowed_hosts, *args.allowed_host],
+        "mcp_allowed_origins": [*settings.mcp_allowed_origins, *args.allowed_origin],
+        "mcp_allow_client_keys": settings.mcp_allow_client_keys or args.allow_client_keys,
+    }
     if args.api_base_url:
-        overrides["api_base_url"] = args.api_base_url
+        updates["api_base_url"] = args.api_base_url
     sandbox = None
     if args.sandbox:
+        from pydantic import SecretStr
+
         from .sandbox import SandboxServer
 
         sandbox = SandboxServer().start()
-        overrides["api_base_url"] = sandbox.base_url
-        overrides["api_key"] = "sandbox"
+        updates.update(api_base_url=sandbox.base_url, api_key=SecretStr("sandbox"))
         logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-        if args.allowed_host or args.allowed_origin or args.allow_client_keys:
-            settings = settings.model_copy(
-                update={
-                    "mcp_allowed_hosts": [*settings.mcp_allowed_hosts, *args.allowed_host],
-                    "mcp_allowed_origins": [*settings.mcp_allowed_origins, *args.allowed_origin],
-                    "mcp_allow_client_keys": settings.mcp_allow_client_keys or args.allow_client_keys,
-                }
-            )
-    except ValidationError as exc:
-        print(f"qolaba-mcp: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+    settings = settings.model_copy(update=updates)
     server = build_server(settings, transport=args.transport)
     try:
         if args.transport == "http":

@@ -55,14 +55,8 @@ class QolabaClient:
         self._request_timeout = httpx2.Timeout(request_timeout, connect=connect_timeout)
         self._sync_timeout = httpx2.Timeout(sync_timeout, connect=connect_timeout)
         self.base_url = base_url.rstrip("/")
-        self._http = httpx2.AsyncClient(
-            base_url=self.base_url,
-            timeout=self._request_timeout,
-            transport=transport,
-            headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
-            limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
-            follow_redirects=False,
-        )
+        self._transport = transport
+        self._pool: httpx2.AsyncClient | None = None
 
     def __repr__(self) -> str:
         return f"QolabaClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
@@ -76,7 +70,22 @@ class QolabaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """The process's one connection pool, made on first use: building it (TLS context) is slow for start-up."""
+        if self._pool is None:
+            self._pool = httpx2.AsyncClient(
+                base_url=self.base_url,
+                timeout=self._request_timeout,
+                transport=self._transport,
+                headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+                limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+        return self._pool
 
     async def generate(
         self,

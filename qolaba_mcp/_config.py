@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ._errors import QolabaError
 
 DEFAULT_BASE_URL = "https://api.platform.qolaba.ai"
+ENV_PREFIX = "QOLABA_"
 
 
-class Settings(BaseSettings):
-    """Process-wide configuration; build it once at start-up and pass it down."""
+class SettingsError(QolabaError):
+    """A QOLABA_* variable holds a value that cannot be used; the message names it, never echoes it."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="QOLABA_",
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,
-    )
+
+class Settings(BaseModel):
+    """Process-wide configuration; build it once at start-up (``Settings.from_env()``) and pass it down.
+
+    Plain pydantic rather than pydantic-settings: reading a dozen variables is a few lines, and the library's
+    import cost a measurable share of the server's cold start.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     api_key: SecretStr | None = Field(
         default=None,
@@ -77,11 +84,11 @@ class Settings(BaseSettings):
         default=None,
         description="HTTP transport: the bearer token every request must carry (required off loopback).",
     )
-    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    mcp_allowed_hosts: list[str] = Field(
         default_factory=list,
         description="HTTP transport: Host header values accepted besides loopback (comma-separated).",
     )
-    mcp_allowed_origins: Annotated[list[str], NoDecode] = Field(
+    mcp_allowed_origins: list[str] = Field(
         default_factory=list,
         description="HTTP transport: Origin header values accepted besides loopback (comma-separated).",
     )
@@ -102,3 +109,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``QOLABA_<FIELD>`` variables (empty ones count as unset), then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            value = env.get(f"{ENV_PREFIX}{name.upper()}", "").strip()
+            if value:
+                values[name] = value
+        try:
+            return cls.model_validate({**values, **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}" if err["loc"] else err["msg"]
+                for err in exc.errors(include_input=False, include_url=False)
+            )
+            raise SettingsError(f"invalid configuration: {problems}") from None

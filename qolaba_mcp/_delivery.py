@@ -70,17 +70,37 @@ class Delivery:
     def __init__(
         self,
         *,
-        http: httpx2.AsyncClient,
+        http: httpx2.AsyncClient | None = None,
+        connect_timeout: float = 10.0,
         output_dir: Path,
         preview: PreviewMode = "on",
         preview_max_bytes: int = 100_000,
         max_download_bytes: int = 50 * 1024 * 1024,
     ) -> None:
-        self._http = http
+        self._given = http
+        self._own: httpx2.AsyncClient | None = None
+        self._connect_timeout = connect_timeout
         self.output_dir = output_dir
         self.preview = preview
         self.preview_max_bytes = preview_max_bytes
         self.max_download_bytes = max_download_bytes
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """The given client, or one of our own made on first use (not at start-up: a TLS context is slow)."""
+        if self._given is not None:
+            return self._given
+        if self._own is None:
+            self._own = httpx2.AsyncClient(
+                timeout=httpx2.Timeout(60, connect=self._connect_timeout),
+                follow_redirects=True,
+                headers={"User-Agent": "qolaba-mcp"},
+            )
+        return self._own
+
+    async def aclose(self) -> None:
+        if self._own is not None:
+            await self._own.aclose()
 
     async def fetch(self, url: str) -> tuple[bytes, str]:
         """The image's bytes and content type: http(s) only, 200 only, image/* only, streamed under the cap."""

@@ -48,21 +48,51 @@ class Generation(BaseModel):
 
 @dataclass(frozen=True, kw_only=True)
 class PollPolicy:
-    """How often to poll: quick at first, backing off to a cap, sooner when the task predicts its end."""
+    """How often to poll: quick at first and backing off to a cap, or aimed at the end the task predicts."""
 
     min_interval: float = 0.25
     max_interval: float = 2.0
     growth: float = 1.5
 
-    def delay(self, *, polls: int, progress: float | None, running_for: float | None) -> float:
-        backoff = min(self.max_interval, self.min_interval * self.growth**polls)
-        if progress is None or not running_for or progress <= 0:
-            return backoff
+    def delay(self, *, polls: int, remaining: float | None) -> float:
+        """Seconds until the next poll, given the polls so far and the task's predicted seconds left."""
+        if remaining is None:
+            return min(self.max_interval, self.min_interval * self.growth**polls)
+        if remaining <= 0:
+            return self.min_interval  # it says it is complete but is not done yet: any moment now
+        # Aim just past the predicted end, sooner or later than the backoff would go; never past the cap,
+        # which bounds what a wrong prediction costs.
+        return max(0.1, min(self.max_interval, remaining + 0.05))
+
+
+class _Forecast:
+    """Predicts a task's seconds left from the progress it reports, assuming a steady pace."""
+
+    def __init__(self, task_started: float | None) -> None:
+        self._started = task_started  # when the task began, where this call saw it begin
+        self._last: tuple[float, float] | None = None  # (time, progress) of the last observation
+        self._remaining: float | None = None
+
+    def observe(self, progress: float | None, at: float) -> None:
+        previous, self._last = self._last, (at, progress) if progress is not None else None
+        self._remaining = None
+        if progress is None or progress <= 0:
+            return
         if progress >= 1:
-            return self.min_interval  # says it is complete but is not done yet: any moment now
-        # The task reports how far along it is: aim the next poll just past its expected end.
-        remaining = running_for * (1 - progress) / progress
-        return max(0.1, min(backoff, remaining + 0.05))
+            self._remaining = 0.0
+            return
+        pace = None
+        if self._started is not None and at > self._started:
+            pace = progress / (at - self._started)
+        elif previous is not None and progress > previous[1]:
+            pace = (progress - previous[1]) / (at - previous[0])
+        if pace:
+            self._remaining = (1 - progress) / pace
+
+    def remaining(self, now: float) -> float | None:
+        if self._remaining is None or self._last is None:
+            return None
+        return max(0.0, self._remaining - (now - self._last[0]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +176,7 @@ class Jobs:
         )
         return await self._wait(
             pending, started=started, deadline=started + wait_seconds, progress=progress,
-            api_key=api_key, poll_first=False,
+            api_key=api_key, forecast=_Forecast(time.monotonic()), poll_first=False,
         )  # fmt: skip
 
     async def get_task(
@@ -162,7 +192,7 @@ class Jobs:
         known = Generation(task_id=task_id, status="PENDING", elapsed_seconds=0)
         return await self._wait(
             known, started=started, deadline=started + wait_seconds, progress=_Progress(on_progress),
-            api_key=api_key, poll_first=True,
+            api_key=api_key, forecast=_Forecast(None), poll_first=True,
         )  # fmt: skip
 
     async def _submit(
@@ -197,8 +227,10 @@ class Jobs:
         deadline: float,
         progress: _Progress,
         api_key: SecretStr | None,
+        forecast: _Forecast,
         poll_first: bool,
     ) -> Generation:
+        """Poll until done or ``deadline``; ``poll_first`` polls at once (a task this call did not submit)."""
         assert known.task_id is not None
         polls = 0
         failures = 0
@@ -210,7 +242,7 @@ class Jobs:
             if polls == 0 and poll_first:
                 delay = 0.0
             else:
-                delay = self._poll.delay(polls=polls, progress=fraction, running_for=now - started)
+                delay = self._poll.delay(polls=polls, remaining=forecast.remaining(now))
             delay = max(delay, not_before - now)
             if now + delay > deadline:
                 if polls > 0 or not poll_first:
@@ -234,6 +266,7 @@ class Jobs:
                 raise
             failures, poll_error = 0, None
             fraction = task.progress
+            forecast.observe(fraction, time.monotonic())
             known = _merge(known, task)
             if task.done:
                 return known.model_copy(update={"elapsed_seconds": _since(started), "polls": polls})

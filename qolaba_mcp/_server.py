@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
 import anyio
-import httpx2
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -142,28 +141,26 @@ def build_server(settings: Settings, *, transport: Literal["stdio", "http"] = "s
             sync_timeout=settings.sync_timeout,
         )
         poll = PollPolicy(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
-        # Image hosts get their own client: it never carries the Qolaba key.
-        downloads = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(60, connect=settings.connect_timeout),
-            follow_redirects=True,
-            headers={"User-Agent": "qolaba-mcp"},
-        )
+        # Image hosts get their own client (made on first use): it never carries the Qolaba key.
         delivery = Delivery(
-            http=downloads,
+            connect_timeout=settings.connect_timeout,
             output_dir=settings.output_dir or default_output_dir(),
             preview=settings.preview,
             preview_max_bytes=settings.preview_max_bytes,
             max_download_bytes=settings.download_max_bytes,
         )
-        async with client, downloads:
-            yield AppContext(
-                settings=settings,
-                jobs=Jobs(client=client, poll=poll),
-                delivery=delivery,
-                catalog=catalog,
-                save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
-                catalog_warning=warning,
-            )
+        async with client:
+            try:
+                yield AppContext(
+                    settings=settings,
+                    jobs=Jobs(client=client, poll=poll),
+                    delivery=delivery,
+                    catalog=catalog,
+                    save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
+                    catalog_warning=warning,
+                )
+            finally:
+                await delivery.aclose()
 
     server = MCPServer(
         "qolaba-mcp",

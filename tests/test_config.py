@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import anyio
 import pytest
-from pydantic import ValidationError
 
 from qolaba_mcp._client import QolabaClient
-from qolaba_mcp._config import DEFAULT_BASE_URL, Settings
+from qolaba_mcp._config import DEFAULT_BASE_URL, Settings, SettingsError
 from qolaba_mcp._errors import MissingApiKeyError
 
 KEY = "qk_test_do_not_print_1234"
@@ -16,7 +19,7 @@ KEY = "qk_test_do_not_print_1234"
 def test_defaults_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("QOLABA_API_KEY", "QOLABA_API_BASE_URL", "QOLABA_REQUEST_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
-    settings = Settings()
+    settings = Settings.from_env()
     assert settings.api_base_url == DEFAULT_BASE_URL == "https://api.platform.qolaba.ai"
     assert settings.api_key is None
     client = QolabaClient(base_url=settings.api_base_url, api_key=settings.api_key)
@@ -28,14 +31,38 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QOLABA_API_KEY", KEY)
     monkeypatch.setenv("QOLABA_API_BASE_URL", "http://127.0.0.1:8765")
     monkeypatch.setenv("QOLABA_REQUEST_TIMEOUT", "12.5")
-    settings = Settings()
+    settings = Settings.from_env()
     assert settings.api_key is not None and settings.api_key.get_secret_value() == KEY
     assert settings.api_base_url == "http://127.0.0.1:8765" and settings.request_timeout == 12.5
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
 
 
-def test_bad_values_are_refused_without_echoing_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QOLABA_REQUEST_TIMEOUT", "-3")
-    with pytest.raises(ValidationError) as caught:
-        Settings()
-    assert "request_timeout" in str(caught.value) and "-3" not in str(caught.value)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("QOLABA_REQUEST_TIMEOUT", "-3"), ("QOLABA_SAVE", "sometimes"), ("QOLABA_PREVIEW_MAX_BYTES", "lots")],
+)
+def test_bad_values_name_the_variable_without_echoing_them(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    assert name in str(caught.value) and value not in str(caught.value)
+
+
+def test_lists_are_comma_separated_and_empty_means_unset() -> None:
+    settings = Settings.from_env(
+        {"QOLABA_MCP_ALLOWED_HOSTS": "a.example, b.example:*", "QOLABA_MODELS_FILE": "", "QOLABA_SAVE": " "}
+    )
+    assert settings.mcp_allowed_hosts == ["a.example", "b.example:*"]
+    assert settings.models_file is None and settings.save == "auto"
+
+
+def test_bad_environment_stops_the_server_with_the_variable_named() -> None:
+    env = {**os.environ, "QOLABA_MAX_WAIT_SECONDS": "forever"}
+    done = subprocess.run(
+        [sys.executable, "-m", "qolaba_mcp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "QOLABA_MAX_WAIT_SECONDS" in done.stderr and done.stdout == ""

@@ -9,7 +9,7 @@ import pytest
 
 from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import NetworkError, RateLimitError
-from qolaba_mcp._jobs import Jobs, PollPolicy, RetryPolicy, _Progress
+from qolaba_mcp._jobs import Jobs, PollPolicy, RetryPolicy, _Forecast, _Progress
 from qolaba_mcp._models import GenerateRequest
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
@@ -18,25 +18,34 @@ pytestmark = pytest.mark.anyio
 
 def test_poll_backoff_starts_quick_and_is_capped() -> None:
     policy = PollPolicy(min_interval=0.25, max_interval=2.0, growth=1.5)
-    delays = [policy.delay(polls=n, progress=None, running_for=None) for n in range(10)]
+    delays = [policy.delay(polls=n, remaining=None) for n in range(10)]
     assert delays[0] == 0.25 and delays[1] == 0.375
     assert delays == sorted(delays) and max(delays) == 2.0
 
 
 @pytest.mark.parametrize(
-    ("progress", "running_for", "expected"),
-    [
-        (0.5, 1.0, 1.05),
-        (0.9, 9.0, 1.05),
-        (0.99, 10.0, 0.151),
-        (0.999, 10.0, 0.1),
-        (1.0, 10.0, 0.25),
-        (0.1, 1.0, 2.0),
-    ],
+    ("remaining", "expected"),
+    [(None, 0.375), (1.0, 1.05), (0.0, 0.25), (0.01, 0.1), (9.0, 2.0), (1.75, 1.8)],
+    ids=["no-forecast", "near", "says-done", "imminent", "far-capped", "later-than-backoff"],
 )
-def test_poll_aims_at_the_predicted_end(progress: float, running_for: float, expected: float) -> None:
-    policy = PollPolicy(min_interval=0.25, max_interval=2.0)
-    assert policy.delay(polls=20, progress=progress, running_for=running_for) == pytest.approx(expected, abs=1e-3)
+def test_poll_aims_just_past_the_predicted_end(remaining: float | None, expected: float) -> None:
+    policy = PollPolicy(min_interval=0.25, max_interval=2.0, growth=1.5)
+    assert policy.delay(polls=1, remaining=remaining) == pytest.approx(expected)
+
+
+def test_forecast_from_the_start_or_from_two_observations() -> None:
+    from_start = _Forecast(task_started=100.0)
+    from_start.observe(0.25, at=101.0)  # a quarter done after 1 s: 3 s to go
+    assert from_start.remaining(101.0) == pytest.approx(3.0) and from_start.remaining(102.5) == pytest.approx(1.5)
+    unknown_start = _Forecast(task_started=None)
+    unknown_start.observe(0.40, at=10.0)
+    assert unknown_start.remaining(10.0) is None  # one observation and no start: no pace yet
+    unknown_start.observe(0.60, at=12.0)  # 20 % in 2 s: 4 s to go
+    assert unknown_start.remaining(12.0) == pytest.approx(4.0)
+    unknown_start.observe(1.0, at=13.0)
+    assert unknown_start.remaining(13.0) == 0.0
+    unknown_start.observe(None, at=14.0)
+    assert unknown_start.remaining(14.0) is None
 
 
 def test_retry_backoff_honours_retry_after_and_jitters() -> None:
