@@ -1,10 +1,94 @@
-"""qolaba-mcp: an MCP server for Qolaba image generation, with an offline Qolaba-compatible sandbox."""
+"""qolaba-mcp: an MCP server for Qolaba image generation, with an offline Qolaba-compatible sandbox.
 
+The public names below load on first use, so ``import qolaba_mcp`` (and the pytest plugin) stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("qolaba-mcp")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from ._catalog import Catalog, ModelInfo
+    from ._client import QolabaClient
+    from ._config import Settings, SettingsError
+    from ._errors import (
+        APIStatusError,
+        APITimeoutError,
+        AuthenticationError,
+        BadRequestError,
+        MissingApiKeyError,
+        NetworkError,
+        QolabaError,
+        RateLimitError,
+        ResponseFormatError,
+        ServerError,
+        TaskNotFoundError,
+    )
+    from ._models import GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, Usage
+    from ._server import build_server
+
+_WHERE = {
+    "APIStatusError": "._errors",
+    "APITimeoutError": "._errors",
+    "AuthenticationError": "._errors",
+    "BadRequestError": "._errors",
+    "Catalog": "._catalog",
+    "GenerateRequest": "._models",
+    "GenerateResult": "._models",
+    "ImageOutput": "._models",
+    "MissingApiKeyError": "._errors",
+    "ModelInfo": "._catalog",
+    "NetworkError": "._errors",
+    "QolabaClient": "._client",
+    "QolabaError": "._errors",
+    "RateLimitError": "._errors",
+    "ResponseFormatError": "._errors",
+    "ServerError": "._errors",
+    "Settings": "._config",
+    "SettingsError": "._config",
+    "Task": "._models",
+    "TaskCreated": "._models",
+    "TaskNotFoundError": "._errors",
+    "Usage": "._models",
+    "build_server": "._server",
+}
+
+__all__ = [
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Catalog",
+    "GenerateRequest",
+    "GenerateResult",
+    "ImageOutput",
+    "MissingApiKeyError",
+    "ModelInfo",
+    "NetworkError",
+    "QolabaClient",
+    "QolabaError",
+    "RateLimitError",
+    "ResponseFormatError",
+    "ServerError",
+    "Settings",
+    "SettingsError",
+    "Task",
+    "TaskCreated",
+    "TaskNotFoundError",
+    "Usage",
+    "__version__",
+    "build_server",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module 'qolaba_mcp' has no attribute {name!r}")

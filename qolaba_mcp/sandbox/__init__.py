@@ -1,6 +1,30 @@
-"""A local, Qolaba-compatible image API for demos, tests and CI: no key, no network, real PNGs."""
+"""A local, Qolaba-compatible image API for demos, tests and CI: no key, no network, real PNGs.
 
-from ._app import Fault, Sandbox, SandboxConfig
-from ._server import SandboxServer, serve
+Names load on first use: the pytest plugin in this package is imported by every pytest run where qolaba-mcp is
+installed, and must cost nothing until a test asks for the sandbox.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._app import Fault, Sandbox, SandboxConfig
+    from ._server import SandboxServer, serve
+
+_WHERE = {
+    "Fault": "._app",
+    "Sandbox": "._app",
+    "SandboxConfig": "._app",
+    "SandboxServer": "._server",
+    "serve": "._server",
+}
 
 __all__ = ["Fault", "Sandbox", "SandboxConfig", "SandboxServer", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module 'qolaba_mcp.sandbox' has no attribute {name!r}")

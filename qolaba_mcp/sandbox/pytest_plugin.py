@@ -7,11 +7,12 @@ Installed with qolaba-mcp as a pytest plugin, so users' own test suites get it t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from ._app import SandboxConfig
-from ._server import SandboxServer
+if TYPE_CHECKING:
+    from ._server import SandboxServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -20,6 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def qolaba_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
+    from ._app import SandboxConfig  # imported here: loading this plugin must stay free
+    from ._server import SandboxServer
+
     marker = request.node.get_closest_marker("qolaba_sandbox")
     config = SandboxConfig.model_validate(marker.kwargs if marker else {})
     with SandboxServer(config) as server:
