@@ -25,7 +25,7 @@ from ._client import QolabaClient
 from ._config import Settings
 from ._delivery import Delivered, Delivery, as_png, default_output_dir
 from ._errors import QolabaError
-from ._jobs import Generation, Jobs, PollPolicy
+from ._jobs import Generation, Jobs, PollPolicy, ProgressFn
 from ._models import GenerateRequest
 from ._results import GenerationResult, ModelList, explain, generation_result, model_line
 
@@ -208,6 +208,14 @@ def _compact(schema: Any, *, output: bool = False) -> Any:
     return out
 
 
+def _tool(fn: Callable[..., Any], *, title: str, description: str, read_only: bool, open_world: bool) -> Tool:
+    """A Tool named after its function; read-only tools are idempotent, and none of ours destroys anything."""
+    annotations = ToolAnnotations(
+        read_only_hint=read_only, destructive_hint=False, idempotent_hint=read_only, open_world_hint=open_world
+    )
+    return _strict(Tool.from_function(fn, title=title, description=description, annotations=annotations))
+
+
 def _strict(tool: Tool) -> Tool:
     """Refuse unknown arguments: a misspelt field must be an error, not silently ignored on a paid call."""
     loose = tool.fn_metadata.arg_model
@@ -231,18 +239,11 @@ def _generate_image_tool(settings: Settings) -> Tool:
         wait_seconds = float(arguments.pop("wait_seconds", wait.default))
         save = arguments.pop("save", None)
         request = GenerateRequest(**arguments, celery=mode == "async")
-        try:
-            generation = await _while_connected(
-                ctx,
-                app.jobs.generate(
-                    request,
-                    wait_seconds=wait_seconds,
-                    on_progress=_progress_sender(ctx),
-                    api_key=_client_key(ctx, app.settings),
-                ),
-            )
-        except QolabaError as exc:
-            raise ToolError(explain(exc, app.catalog, model=request.model)) from exc
+        generation = await _run(
+            ctx,
+            lambda report, key: app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key),
+            model=request.model,
+        )
         return await app.finish(generation, save=save, wait_seconds=wait_seconds)
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
@@ -254,19 +255,15 @@ def _generate_image_tool(settings: Settings) -> Tool:
         ],
         Annotated[CallToolResult, GenerationResult],
     )
-    return _strict(
-        Tool.from_function(
-            generate_image,
-            name="generate_image",
-            title="Generate image",
-            description=(
-                "Generate images with a Qolaba model. Waits up to wait_seconds with progress; if not done by "
-                "then, returns the task_id for get_task. Each call is a new, paid generation."
-            ),
-            annotations=ToolAnnotations(
-                read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-            ),
-        )
+    return _tool(
+        generate_image,
+        title="Generate image",
+        description=(
+            "Generate images with a Qolaba model. Waits up to wait_seconds with progress; if not done by "
+            "then, returns the task_id for get_task. Each call is a new, paid generation."
+        ),
+        read_only=False,
+        open_world=True,
     )
 
 
@@ -277,19 +274,11 @@ def _get_task_tool(settings: Settings) -> Tool:
         ctx: Context[AppContext], task_id: str, wait_seconds: float = 0, save: bool | None = None
     ) -> CallToolResult:
         app = _app(ctx)
-        try:
-            generation = await _while_connected(
-                ctx,
-                app.jobs.get_task(
-                    task_id,
-                    wait_seconds=wait_seconds,
-                    on_progress=_progress_sender(ctx),
-                    api_key=_client_key(ctx, app.settings),
-                ),
-            )
-        except QolabaError as exc:
-            exc.task_id = exc.task_id or task_id
-            raise ToolError(explain(exc, app.catalog)) from exc
+        generation = await _run(
+            ctx,
+            lambda report, key: app.jobs.get_task(task_id, wait_seconds=wait_seconds, on_progress=report, api_key=key),
+            task_id=task_id,
+        )
         return await app.finish(generation, save=save, wait_seconds=wait_seconds)
 
     _set_signature(
@@ -297,19 +286,15 @@ def _get_task_tool(settings: Settings) -> Tool:
         [_keyword("task_id", TaskId), _keyword("wait_seconds", wait), _keyword("save", _SAVE)],
         Annotated[CallToolResult, GenerationResult],
     )
-    return _strict(
-        Tool.from_function(
-            get_task,
-            name="get_task",
-            title="Get generation task",
-            description=(
-                "Status and images of a generation started by generate_image; with wait_seconds, waits for it "
-                "with progress. Never starts a generation."
-            ),
-            annotations=ToolAnnotations(
-                read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-            ),
-        )
+    return _tool(
+        get_task,
+        title="Get generation task",
+        description=(
+            "Status and images of a generation started by generate_image; with wait_seconds, waits for it "
+            "with progress. Never starts a generation."
+        ),
+        read_only=True,
+        open_world=True,
     )
 
 
@@ -332,19 +317,15 @@ def _list_models_tool() -> Tool:
         Field(default=None),
     )
     _set_signature(list_models, [_keyword("capability", capability)], Annotated[CallToolResult, ModelList])
-    return _strict(
-        Tool.from_function(
-            list_models,
-            name="list_models",
-            title="List image models",
-            description=(
-                "Known Qolaba image models: capabilities, max images, aspect ratios, quality presets, accepted "
-                "parameters. Unlisted ids may still work."
-            ),
-            annotations=ToolAnnotations(
-                read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-            ),
-        )
+    return _tool(
+        list_models,
+        title="List image models",
+        description=(
+            "Known Qolaba image models: capabilities, max images, aspect ratios, quality presets, accepted "
+            "parameters. Unlisted ids may still work."
+        ),
+        read_only=True,
+        open_world=False,
     )
 
 
@@ -398,6 +379,22 @@ def _app(ctx: Context[AppContext]) -> AppContext:
     return app
 
 
+async def _run(
+    ctx: Context[AppContext],
+    start: Callable[[ProgressFn, SecretStr | None], Awaitable[Generation]],
+    *,
+    task_id: str | None = None,
+    model: str | None = None,
+) -> Generation:
+    """Run a job for a tool call: the caller's key, progress to the caller, stop if it leaves, errors as text."""
+    app = _app(ctx)
+    try:
+        return await _while_connected(ctx, start(_progress_sender(ctx), _client_key(ctx, app.settings)))
+    except QolabaError as exc:
+        exc.task_id = exc.task_id or task_id
+        raise ToolError(explain(exc, app.catalog, model=model)) from exc
+
+
 async def _while_connected(ctx: Context[AppContext], work: Awaitable[Generation]) -> Generation:
     """Run ``work`` but stop it as soon as the HTTP client that asked for it disconnects."""
     request = ctx.request_context.request
@@ -439,7 +436,7 @@ def _client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | Non
     return SecretStr(value)
 
 
-def _progress_sender(ctx: Context[AppContext]) -> Callable[[float, float | None, str], Awaitable[None]]:
+def _progress_sender(ctx: Context[AppContext]) -> ProgressFn:
     broken = False
 
     async def send(progress: float, total: float | None, message: str) -> None:
