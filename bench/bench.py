@@ -409,53 +409,22 @@ class Results:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
 
 
+def paired_rows(name: str, ours: list[float], floor: list[float], limit: float, note: str = "") -> list[Row]:
+    """p50 against the floor with its ratio target, and p95 for information."""
+    suffix = f" {note}" if note else ""
+    ratio = median(ours) / median(floor)
+    p95 = pct(ours, 0.95) / pct(floor, 0.95)
+    return [
+        Row(f"{name} p50{suffix}", ms(median(ours)), ms(median(floor)), f"{ratio:.2f}x", f"<= {limit:g}x",
+            verdict(ratio <= limit)),
+        Row(f"{name} p95{suffix}", ms(pct(ours, 0.95)), ms(pct(floor, 0.95)), f"{p95:.2f}x", "-", "info"),
+    ]  # fmt: skip
+
+
 def build_rows(res: Results) -> list[Row]:
     rows: list[Row] = []
-    cold_q, cold_f = res.starts.seconds["qolaba-mcp"], res.starts.seconds["floor"]
-    ratio = median(cold_q) / median(cold_f)
-    rows.append(
-        Row(
-            "cold start p50",
-            ms(median(cold_q)),
-            ms(median(cold_f)),
-            f"{ratio:.2f}x",
-            "<= 1.15x",
-            verdict(ratio <= 1.15),
-        )
-    )
-    rows.append(
-        Row(
-            "cold start p95",
-            ms(pct(cold_q, 0.95)),
-            ms(pct(cold_f, 0.95)),
-            f"{pct(cold_q, 0.95) / pct(cold_f, 0.95):.2f}x",
-            "-",
-            "info",
-        )
-    )
-
-    trip_q, trip_f = res.trips["qolaba-mcp"], res.trips["floor"]
-    ratio = median(trip_q) / median(trip_f)
-    rows.append(
-        Row(
-            "round trip p50 (list_models vs echo)",
-            ms(median(trip_q)),
-            ms(median(trip_f)),
-            f"{ratio:.2f}x",
-            "<= 1.3x",
-            verdict(ratio <= 1.3),
-        )
-    )
-    rows.append(
-        Row(
-            "round trip p95 (list_models vs echo)",
-            ms(pct(trip_q, 0.95)),
-            ms(pct(trip_f, 0.95)),
-            f"{pct(trip_q, 0.95) / pct(trip_f, 0.95):.2f}x",
-            "-",
-            "info",
-        )
-    )
+    rows += paired_rows("cold start", res.starts.seconds["qolaba-mcp"], res.starts.seconds["floor"], 1.15)
+    rows += paired_rows("round trip", res.trips["qolaba-mcp"], res.trips["floor"], 1.3, "(list_models vs echo)")
 
     sync_q, sync_d = res.sync["qolaba-mcp"], res.sync["direct"]
     for label, q in (("p50", 0.5), ("p95", 0.95)):
