@@ -161,7 +161,6 @@ class Jobs:
             result = await self._with_heartbeat(
                 self._submit(request, api_key=api_key, budget=wait_seconds), progress, started
             )
-            assert isinstance(result, GenerateResult | TaskCreated)
         else:
             result = await self._submit(request, api_key=api_key, budget=wait_seconds)
         if isinstance(result, GenerateResult):
