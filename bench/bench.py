@@ -1,13 +1,15 @@
 """qolaba-mcp against its floors, side by side, in one run: start-up, round trips, sync overhead, completion
 lag, 100 concurrent calls and memory.
 
-    .venv/bin/python bench/bench.py [--quick] [--out BENCHMARKS.md]
+    .venv/bin/python bench/bench.py [--quick] [--only SCENARIO ...] [--out BENCHMARKS.md]
 
 Every MCP figure goes through the SDK Client over stdio, as a host would see it. The baselines are
 bench/floor_server.py (a bare SDK server with one echo tool: the floor no Python MCP server can beat) and, for
 synchronous generation, a direct HTTP POST to the same sandbox. Sandboxes run in this process on background
 threads; servers run with QOLABA_SAVE=off and QOLABA_PREVIEW=off, so the figures are the protocol path, not
-image handling. Prints a table and writes it, with per-scenario details, to BENCHMARKS.md.
+image handling, except the second crowd: 4-image calls with the defaults (previews on, files saved), whose peak
+memory is what a desktop user gets. Prints a table and writes it, with per-scenario details, to BENCHMARKS.md
+(a run with --only writes nothing unless --out is given: a partial report must not replace the full one).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +59,10 @@ class Plan:
     lag_calls: int  # concurrent generate_image calls per latency
     concurrent: int  # calls in the one-process concurrency scenario
     concurrent_latency: float = 5.0
+    crowd_images: int = 4  # images per call in the default-configuration crowd
+
+
+SCENARIOS = ("start", "trips", "sync", "lag", "crowd")
 
 
 FULL = Plan(starts=12, round_trips=300, sync_calls=60, latencies=(2.0, 10.0, 30.0), lag_calls=5, concurrent=100)
@@ -80,10 +87,11 @@ def median(values: Sequence[float]) -> float:
     return pct(values, 0.5)
 
 
-def server_env(base_url: str) -> dict[str, str]:
+def server_env(base_url: str, *, output_dir: str | None = None) -> dict[str, str]:
     """One environment for every server: no inherited QOLABA_* settings, files and previews off.
 
-    PYTHONDONTWRITEBYTECODE is dropped so the discarded warm-up start caches bytecode for a checkout being
+    With ``output_dir`` the image settings stay at their defaults (previews on; stdio saves files) and files go
+    there. PYTHONDONTWRITEBYTECODE is dropped so the discarded warm-up start caches bytecode for a checkout being
     edited, as installing a package does: otherwise every start would compile qolaba_mcp from source.
     """
     env = {
@@ -98,11 +106,15 @@ def server_env(base_url: str) -> dict[str, str]:
         QOLABA_PREVIEW="off",
         QOLABA_MAX_WAIT_SECONDS=str(WAIT_SECONDS),
     )
+    if output_dir is not None:
+        del env["QOLABA_SAVE"], env["QOLABA_PREVIEW"]
+        env["QOLABA_OUTPUT_DIR"] = output_dir
     return env
 
 
-def qolaba_params(base_url: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(base_url))
+def qolaba_params(base_url: str, *, output_dir: str | None = None) -> StdioServerParameters:
+    env = server_env(base_url, output_dir=output_dir)
+    return StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
 
 
 def floor_params(base_url: str) -> StdioServerParameters:
@@ -244,6 +256,9 @@ class AsyncCall:
     latency: float | None = None
     polls: int = 0
     notifications: int = 0
+    previews: int = 0
+    saved: int = 0
+    notes: int = 0
     error: str | None = None
 
     @property
@@ -251,7 +266,9 @@ class AsyncCall:
         return None if self.task_done is None else (self.arrived - self.task_done) * 1000
 
 
-async def async_call(client: Client, sandbox: SandboxServer, calls: list[AsyncCall]) -> None:
+async def async_call(
+    client: Client, sandbox: SandboxServer, calls: list[AsyncCall], extra: dict[str, Any] | None = None
+) -> None:
     """One async generate_image; its outcome is recorded, never raised, so one failure stops no other call."""
     notifications = 0
 
@@ -263,7 +280,7 @@ async def async_call(client: Client, sandbox: SandboxServer, calls: list[AsyncCa
     try:
         result = await client.call_tool(
             "generate_image",
-            {"model": MODEL, "prompt": "bench", "wait_seconds": WAIT_SECONDS},
+            {"model": MODEL, "prompt": "bench", "wait_seconds": WAIT_SECONDS, **(extra or {})},
             progress_callback=on_progress,
         )
     except Exception as exc:  # reported in the table's details, never raised
@@ -271,7 +288,15 @@ async def async_call(client: Client, sandbox: SandboxServer, calls: list[AsyncCa
         return
     arrived = time.time()
     data = result.structured_content or {}
-    call = AsyncCall(started, arrived, str(data.get("status", "ERROR")), notifications=notifications)
+    call = AsyncCall(
+        started,
+        arrived,
+        str(data.get("status", "ERROR")),
+        notifications=notifications,
+        previews=sum(1 for block in result.content if block.type == "image"),
+        saved=sum(1 for path in data.get("saved_files", []) if path),
+        notes=len(data.get("notes", [])),
+    )
     if result.is_error:
         call.status = "ERROR" if call.status == "SUCCESS" else call.status
         call.error = str(result.content)[:300]
@@ -288,6 +313,8 @@ class Batch:
     latency: float
     calls: list[AsyncCall]
     peak_rss_kb: int | None = None
+    num_images: int = 1
+    defaults: bool = False  # previews on and files saved, rather than both off
 
     @property
     def ok(self) -> list[AsyncCall]:
@@ -300,16 +327,22 @@ class Batch:
         return [float(c.polls) for c in self.ok]
 
 
-async def batch(latency: float, n: int, *, measure_memory: bool = False) -> Batch:
-    """n concurrent generate_image calls through one server process, against a sandbox of its own."""
+async def batch(
+    latency: float, n: int, *, measure_memory: bool = False, num_images: int | None = None, defaults: bool = False
+) -> Batch:
+    """n concurrent generate_image calls through one server process, against a sandbox of its own.
+
+    ``defaults``: the server keeps its default image settings (previews on, files saved, in a throwaway folder).
+    """
     calls: list[AsyncCall] = []
-    with SandboxServer(SandboxConfig(latency=latency)) as sandbox:
-        async with Client(qolaba_params(sandbox.base_url)) as client:
+    extra = {} if num_images is None else {"num_images": num_images}
+    with SandboxServer(SandboxConfig(latency=latency)) as sandbox, tempfile.TemporaryDirectory() as folder:
+        async with Client(qolaba_params(sandbox.base_url, output_dir=folder if defaults else None)) as client:
             async with anyio.create_task_group() as group:
                 for _ in range(n):
-                    group.start_soon(async_call, client, sandbox, calls)
+                    group.start_soon(async_call, client, sandbox, calls, extra)
             peak = memory_kb(child_pid(QOLABA_MARKER), "VmHWM") if measure_memory else None
-    return Batch(latency, calls, peak)
+    return Batch(latency, calls, peak, num_images or 1, defaults)
 
 
 async def completion_lag(plan: Plan) -> list[Batch]:
@@ -399,12 +432,14 @@ def machine_facts() -> list[str]:
 
 @dataclass
 class Results:
+    """What a run measured; a scenario left out with --only is None."""
+
     plan: Plan
-    starts: Starts
-    trips: dict[str, list[float]]
-    sync: dict[str, list[float]]
-    lag: list[Batch]
-    crowd: Batch
+    starts: Starts | None = None
+    trips: dict[str, list[float]] | None = None
+    sync: dict[str, list[float]] | None = None
+    lag: list[Batch] | None = None
+    crowds: list[Batch] | None = None  # previews and files off, then the defaults
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
 
@@ -423,24 +458,27 @@ def paired_rows(name: str, ours: list[float], floor: list[float], limit: float, 
 
 def build_rows(res: Results) -> list[Row]:
     rows: list[Row] = []
-    rows += paired_rows("cold start", res.starts.seconds["qolaba-mcp"], res.starts.seconds["floor"], 1.15)
-    rows += paired_rows("round trip", res.trips["qolaba-mcp"], res.trips["floor"], 1.3, "(list_models vs echo)")
+    if res.starts is not None:
+        rows += paired_rows("cold start", res.starts.seconds["qolaba-mcp"], res.starts.seconds["floor"], 1.15)
+    if res.trips is not None:
+        rows += paired_rows("round trip", res.trips["qolaba-mcp"], res.trips["floor"], 1.3, "(list_models vs echo)")
 
-    sync_q, sync_d = res.sync["qolaba-mcp"], res.sync["direct"]
-    for label, q in (("p50", 0.5), ("p95", 0.95)):
-        ours, base = pct(sync_q, q), pct(sync_d, q)
-        rows.append(
-            Row(
-                f"sync generate_image {label} (vs direct POST)",
-                ms(ours),
-                ms(base),
-                f"{ours / base:.2f}x",
-                f"- (+{(ours - base) * 1000:.1f} ms)",
-                "info",
+    if res.sync is not None:
+        sync_q, sync_d = res.sync["qolaba-mcp"], res.sync["direct"]
+        for label, q in (("p50", 0.5), ("p95", 0.95)):
+            ours, base = pct(sync_q, q), pct(sync_d, q)
+            rows.append(
+                Row(
+                    f"sync generate_image {label} (vs direct POST)",
+                    ms(ours),
+                    ms(base),
+                    f"{ours / base:.2f}x",
+                    f"- (+{(ours - base) * 1000:.1f} ms)",
+                    "info",
+                )
             )
-        )
 
-    for b in res.lag:
+    for b in res.lag or []:
         lags = b.lags()
         polls_per_s = (sum(b.polls()) / len(b.ok) / b.latency) if b.ok else math.inf
         all_ok = len(b.ok) == len(b.calls)
@@ -463,38 +501,59 @@ def build_rows(res: Results) -> list[Row]:
             Row(f"polls/s per task, {label}", f"{polls_per_s:.2f}", "-", "-", "<= 1.5", verdict(polls_per_s <= 1.5))
         )
 
-    crowd = res.crowd
+    for crowd in res.crowds or []:
+        rows += crowd_rows(crowd)
+
+    if res.starts is not None:
+        rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
+        ratio = median(rss_q) / median(rss_f)
+        rows.append(
+            Row(
+                "idle RSS (after tools/list)",
+                mb(median(rss_q)),
+                mb(median(rss_f)),
+                f"{ratio:.2f}x",
+                "<= 1.2x",
+                verdict(ratio <= 1.2),
+            )
+        )
+    return rows
+
+
+def crowd_label(crowd: Batch) -> str:
     n = len(crowd.calls)
-    rows.append(
-        Row(f"{n} concurrent calls succeeded", f"{len(crowd.ok)}/{n}", "-", "-", "all", verdict(len(crowd.ok) == n))
-    )
+    if crowd.defaults:
+        return f"{n} concurrent {crowd.num_images}-image calls, defaults (previews on, files saved)"
+    return f"{n} concurrent calls"
+
+
+def crowd_rows(crowd: Batch) -> list[Row]:
+    """Every call succeeded, in time, within the memory target: 150 MB with image handling off, 200 MB on."""
+    n, label = len(crowd.calls), crowd_label(crowd)
+    # With the defaults a call must also have brought every preview and file, with nothing to note.
+    want = crowd.num_images if crowd.defaults else 0
+    delivered = [c for c in crowd.ok if c.previews == want and c.saved == want and c.notes == 0]
     wall, slowest = crowd_times(crowd)
-    rows.append(
+    peak, limit_mb = crowd.peak_rss_kb or 0, 200 if crowd.defaults else 150
+    return [
+        Row(f"{label} succeeded", f"{len(delivered)}/{n}", "-", "-", "all", verdict(len(delivered) == n)),
         Row(
-            f"{n} concurrent: wall vs slowest task",
+            f"{label}: wall vs slowest task",
             f"{wall:.2f} s",
             f"{slowest:.2f} s",
             f"+{wall - slowest:.2f} s",
-            "<= +1 s",
-            verdict(wall <= slowest + 1),
-        )
-    )
-    peak = crowd.peak_rss_kb or 0
-    rows.append(Row(f"{n} concurrent: peak RSS (VmHWM)", mb(peak), "-", "-", "<= 150 MB", verdict(peak <= 150 * 1024)))
-
-    rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
-    ratio = median(rss_q) / median(rss_f)
-    rows.append(
+            "-" if crowd.defaults else "<= +1 s",
+            "info" if crowd.defaults else verdict(wall <= slowest + 1),
+        ),
         Row(
-            "idle RSS (after tools/list)",
-            mb(median(rss_q)),
-            mb(median(rss_f)),
-            f"{ratio:.2f}x",
-            "<= 1.2x",
-            verdict(ratio <= 1.2),
-        )
-    )
-    return rows
+            f"{label}: peak RSS (VmHWM)",
+            mb(peak),
+            "-",
+            "-",
+            f"<= {limit_mb} MB",
+            verdict(0 < peak <= limit_mb * 1024),
+        ),
+    ]
 
 
 def crowd_times(crowd: Batch) -> tuple[float, float]:
@@ -512,64 +571,80 @@ def details(res: Results) -> str:
     def samples(values: list[float], scale: float = 1000, unit: str = "ms") -> str:
         return ", ".join(f"{v * scale:.0f}" for v in values) + f" {unit}"
 
-    out.append("### 1. Cold start\n")
-    out.append(
-        f"Spawn -> `tools/list` answered, timed from just before `async with Client(...)` to `list_tools()` "
-        f"returning; {p.starts} starts per server after one discarded warm-up start each, alternating which server "
-        f"starts first.\n"
-    )
-    for name, values in res.starts.seconds.items():
+    if res.starts is not None:
+        out.append("### 1. Cold start\n")
         out.append(
-            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
-            f"max {ms(max(values))}; samples: {samples(values)}"
+            f"Spawn -> `tools/list` answered, timed from just before `async with Client(...)` to `list_tools()` "
+            f"returning; {p.starts} starts per server after one discarded warm-up start each, alternating which "
+            f"server starts first.\n"
         )
-    out.append("\n### 2. Round trip on a warm session\n")
-    out.append(
-        f"`list_models` (no arguments, the whole catalogue) on qolaba-mcp against `echo` on the floor server, "
-        f"{p.round_trips} calls each after 10 discarded rounds, alternating one call of each.\n"
-    )
-    for name, values in res.trips.items():
+        for name, values in res.starts.seconds.items():
+            out.append(
+                f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+                f"max {ms(max(values))}; samples: {samples(values)}"
+            )
+    if res.trips is not None:
+        out.append("\n### 2. Round trip on a warm session\n")
         out.append(
-            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
-            f"p99 {ms(pct(values, 0.99))}, max {ms(max(values))}"
+            f"`list_models` (no arguments, the whole catalogue) on qolaba-mcp against `echo` on the floor server, "
+            f"{p.round_trips} calls each after 10 discarded rounds, alternating one call of each.\n"
         )
-    out.append("\n### 3. Synchronous generation against a zero-latency sandbox\n")
-    out.append(
-        f'`generate_image` with `mode: "sync"` (qolaba-mcp over stdio) against a direct httpx2 POST of '
-        f'`{{"model": "{MODEL}", "prompt": "bench", "celery": false}}` to `{GENERATE_PATH}` on the same '
-        f"sandbox, {p.sync_calls} of each after 3 discarded rounds, alternating.\n"
-    )
-    for name, values in res.sync.items():
+        for name, values in res.trips.items():
+            out.append(
+                f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+                f"p99 {ms(pct(values, 0.99))}, max {ms(max(values))}"
+            )
+    if res.sync is not None:
+        out.append("\n### 3. Synchronous generation against a zero-latency sandbox\n")
         out.append(
-            f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
-            f"max {ms(max(values))}"
+            f'`generate_image` with `mode: "sync"` (qolaba-mcp over stdio) against a direct httpx2 POST of '
+            f'`{{"model": "{MODEL}", "prompt": "bench", "celery": false}}` to `{GENERATE_PATH}` on the same '
+            f"sandbox, {p.sync_calls} of each after 3 discarded rounds, alternating.\n"
         )
-    overhead = median(res.sync["qolaba-mcp"]) - median(res.sync["direct"])
-    out.append(f"- overhead of the MCP path at p50: {overhead * 1000:.1f} ms per call")
-    out.append("\n### 4. Async completion lag\n")
-    out.append(
-        f"For each sandbox latency, {p.lag_calls} concurrent `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`, "
-        f"with a progress token) through one qolaba-mcp process and a sandbox of its own; all latencies run at "
-        f"the same time. Lag = wall clock when the result arrives - (task.created + task.latency); polls from the "
-        f"sandbox's per-task counter.\n"
-    )
-    for b in res.lag:
-        describe_batch(out, b)
-    out.append("\n### 5. Concurrent calls in one server process\n")
-    crowd = res.crowd
-    wall, slowest = crowd_times(crowd)
-    out.append(
-        f"{len(crowd.calls)} concurrent async `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`, sandbox latency "
-        f"{crowd.latency:g} s) through one qolaba-mcp process. Wall = first call start -> last result; slowest "
-        f"task = first call start -> the last task's completion in the sandbox (created + latency).\n"
-    )
-    out.append(f"- wall {wall:.2f} s, slowest task {slowest:.2f} s, difference {wall - slowest:+.2f} s")
-    out.append(f"- peak RSS of the server process (VmHWM): {mb(crowd.peak_rss_kb or 0)}")
-    describe_batch(out, crowd)
-    out.append("\n### 6. Idle RSS\n")
-    out.append("VmRSS of the server process right after start-up and one `tools/list`, one reading per cold start.\n")
-    for name, kbs in res.starts.rss_kb.items():
-        out.append(f"- {name}: median {mb(median(kbs))}, min {mb(min(kbs))}, max {mb(max(kbs))}")
+        for name, values in res.sync.items():
+            out.append(
+                f"- {name}: min {ms(min(values))}, p50 {ms(median(values))}, p95 {ms(pct(values, 0.95))}, "
+                f"max {ms(max(values))}"
+            )
+        overhead = median(res.sync["qolaba-mcp"]) - median(res.sync["direct"])
+        out.append(f"- overhead of the MCP path at p50: {overhead * 1000:.1f} ms per call")
+    if res.lag is not None:
+        out.append("\n### 4. Async completion lag\n")
+        out.append(
+            f"For each sandbox latency, {p.lag_calls} concurrent `generate_image` calls (`wait_seconds: "
+            f"{WAIT_SECONDS}`, with a progress token) through one qolaba-mcp process and a sandbox of its own; all "
+            f"latencies run at the same time. Lag = wall clock when the result arrives - (task.created + "
+            f"task.latency); polls from the sandbox's per-task counter.\n"
+        )
+        for b in res.lag:
+            describe_batch(out, b)
+    if res.crowds is not None:
+        out.append("\n### 5. Concurrent calls in one server process\n")
+        out.append(
+            f"Concurrent async `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`) through one qolaba-mcp "
+            f"process, twice: first with previews and files off (the protocol path), then {p.crowd_images}-image "
+            f"calls with the server's default image settings (a JPEG preview of each image, each file saved). "
+            f"Wall = first call start -> last result; slowest task = first call start -> the last task's "
+            f"completion in the sandbox (created + latency).\n"
+        )
+        for crowd in res.crowds:
+            wall, slowest = crowd_times(crowd)
+            out.append(f"- {crowd_label(crowd)}, sandbox latency {crowd.latency:g} s:")
+            out.append(f"  wall {wall:.2f} s, slowest task {slowest:.2f} s, difference {wall - slowest:+.2f} s")
+            out.append(f"  peak RSS of the server process (VmHWM): {mb(crowd.peak_rss_kb or 0)}")
+            if crowd.defaults:
+                out.append(
+                    f"  previews {sum(c.previews for c in crowd.calls)}, files saved "
+                    f"{sum(c.saved for c in crowd.calls)}, notes {sum(c.notes for c in crowd.calls)}"
+                )
+            describe_batch(out, crowd)
+    if res.starts is not None:
+        out.append("\n### 6. Idle RSS\n")
+        out.append(
+            "VmRSS of the server process right after start-up and one `tools/list`, one reading per cold start.\n"
+        )
+        for name, kbs in res.starts.rss_kb.items():
+            out.append(f"- {name}: median {mb(median(kbs))}, min {mb(min(kbs))}, max {mb(max(kbs))}")
     return "\n".join(out) + "\n"
 
 
@@ -603,8 +678,8 @@ def write_report(res: Results, rows: list[Row], path: Path, command: str) -> Non
         "",
         *[f"- {fact}" for fact in facts],
         "- Every MCP figure goes through the SDK `Client` over stdio; servers run with `QOLABA_SAVE=off`, "
-        "`QOLABA_PREVIEW=off`, `QOLABA_MAX_WAIT_SECONDS=50` and bytecode caching on (`PYTHONDONTWRITEBYTECODE` "
-        "unset), against sandboxes inside the benchmark process.",
+        "`QOLABA_PREVIEW=off` (but for the crowd with the defaults), `QOLABA_MAX_WAIT_SECONDS=50` and bytecode "
+        "caching on (`PYTHONDONTWRITEBYTECODE` unset), against sandboxes inside the benchmark process.",
         f"- Load average (1 min) {res.load[0]:.2f} when the run started, {res.load[1]:.2f} when it ended: figures "
         "taken on a busy machine are slower and noisier.",
         "- Baselines: `bench/floor_server.py`, a bare SDK `MCPServer` with one `echo` tool (the floor no Python MCP "
@@ -622,42 +697,65 @@ def write_report(res: Results, rows: list[Row], path: Path, command: str) -> Non
 # --- main -----------------------------------------------------------------------------------------------------
 
 
-async def run(plan: Plan) -> Results:
+async def run(plan: Plan, only: frozenset[str]) -> Results:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
+    res = Results(plan)
     with SandboxServer(SandboxConfig(latency=0)) as sandbox:
-        print(f"1/5 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
-        starts = await cold_starts(plan, sandbox.base_url)
-        print(f"2/5 round trips: {plan.round_trips} calls per tool ...", flush=True)
-        trips = await round_trips(plan, sandbox.base_url)
-        print(f"3/5 sync generate_image vs direct POST: {plan.sync_calls} each ...", flush=True)
-        sync = await sync_generations(plan, sandbox.base_url)
-    latencies = ", ".join(f"{latency:g} s" for latency in plan.latencies)
-    print(f"4/5 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
-    lag = await completion_lag(plan)
-    print(f"5/5 {plan.concurrent} concurrent calls, {plan.concurrent_latency:g} s generations ...", flush=True)
-    crowd = await batch(plan.concurrent_latency, plan.concurrent, measure_memory=True)
-    seconds = time.perf_counter() - started
-    return Results(plan, starts, trips, sync, lag, crowd, seconds, (load_before, os.getloadavg()[0]))
+        if "start" in only:
+            print(f"1/5 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
+            res.starts = await cold_starts(plan, sandbox.base_url)
+        if "trips" in only:
+            print(f"2/5 round trips: {plan.round_trips} calls per tool ...", flush=True)
+            res.trips = await round_trips(plan, sandbox.base_url)
+        if "sync" in only:
+            print(f"3/5 sync generate_image vs direct POST: {plan.sync_calls} each ...", flush=True)
+            res.sync = await sync_generations(plan, sandbox.base_url)
+    if "lag" in only:
+        latencies = ", ".join(f"{latency:g} s" for latency in plan.latencies)
+        print(f"4/5 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
+        res.lag = await completion_lag(plan)
+    if "crowd" in only:
+        n, latency = plan.concurrent, plan.concurrent_latency
+        print(f"5/5 {n} concurrent calls, {latency:g} s generations, previews and files off ...", flush=True)
+        off = await batch(latency, n, measure_memory=True)
+        print(f"    {n} concurrent {plan.crowd_images}-image calls with the default image settings ...", flush=True)
+        defaults = await batch(latency, n, measure_memory=True, num_images=plan.crowd_images, defaults=True)
+        res.crowds = [off, defaults]
+    res.seconds = time.perf_counter() - started
+    res.load = (load_before, os.getloadavg()[0])
+    return res
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer repetitions, 2 s latency only")
-    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report file (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable): start (cold start and idle RSS), trips, sync, lag, crowd "
+        "(concurrent calls and their memory, previews off and with the defaults)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="report file (default: BENCHMARKS.md for a full run, none with --only)"
+    )
     args = parser.parse_args()
     if not Path("/proc/self/status").exists():
         parser.error("needs Linux /proc to find the servers' processes and read their memory")
-    res = anyio.run(run, QUICK if args.quick else FULL)
+    only = frozenset(args.only or SCENARIOS)
+    res = anyio.run(run, QUICK if args.quick else FULL, only)
     rows = build_rows(res)
     print()
     print(text_table(rows))
     missed = [row.figure for row in rows if row.verdict == "MISSED"]
     print(f"\n{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
-    command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
-    write_report(res, rows, args.out, command)
     print(f"load average {res.load[0]:.2f} at the start, {res.load[1]:.2f} at the end (nproc {os.cpu_count()})")
-    print(f"wrote {args.out} ({res.seconds:.0f} s)")
+    out = args.out or (None if args.only else REPO / "BENCHMARKS.md")
+    if out is not None:
+        command = shlex.join(["python", "bench/bench.py", *sys.argv[1:]])
+        write_report(res, rows, out, command)
+        print(f"wrote {out} ({res.seconds:.0f} s)")
     return 0
 
 

@@ -8,6 +8,7 @@ contract. ``QOLABA_MODELS_FILE`` adds or overrides entries without a release.
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal
@@ -219,6 +220,48 @@ BUILTIN_MODELS: tuple[ModelInfo, ...] = (
 )
 
 _ENTRIES = TypeAdapter(list[dict[str, object]])
+# A models file is a few kilobytes; the cap stops a wrong path (a log, a dump) from being read into memory.
+MAX_MODELS_FILE_BYTES = 5 * 1024 * 1024
+
+
+def _read_json(path: Path) -> object:
+    """The models file parsed, or a CatalogFileError that says what is wrong with it and what to do."""
+    where = f"QOLABA_MODELS_FILE {path}"
+    try:
+        info = path.stat()
+        # Checked before opening: opening a FIFO blocks, and reading a device (/dev/zero) never ends.
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise CatalogFileError(f"{where}: cannot read it: it is {kind}; point it at a JSON file")
+        if info.st_size > MAX_MODELS_FILE_BYTES:
+            raise CatalogFileError(_too_big(where, info.st_size))
+        with path.open("rb") as file:
+            raw = file.read(MAX_MODELS_FILE_BYTES + 1)  # bounded even if the file grew since stat
+    except OSError as exc:
+        raise CatalogFileError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_MODELS_FILE_BYTES:
+        raise CatalogFileError(_too_big(where, len(raw)))
+    try:
+        return json.loads(raw.decode("utf-8-sig"))  # -sig: a file saved with a BOM (Windows editors) still loads
+    except UnicodeDecodeError as exc:
+        raise CatalogFileError(f"{where}: cannot read JSON: it is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except RecursionError as exc:  # json.loads raises it for nesting deeper than about 1,000 levels
+        raise CatalogFileError(
+            f"{where}: cannot read JSON: it nests too deeply to be a models file (a list of model objects)"
+        ) from exc
+    except ValueError as exc:  # malformed JSON, or an integer literal too long to convert
+        raise CatalogFileError(f"{where}: cannot read JSON ({exc})") from exc
+
+
+def _too_big(where: str, size: int) -> str:
+    return (
+        f"{where}: cannot read it: {size:,} bytes is over the {MAX_MODELS_FILE_BYTES:,}-byte limit for a models "
+        "file; is the path right?"
+    )
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Catalog:
@@ -237,10 +280,7 @@ class Catalog:
         catalog = cls.builtin()
         if models_file is None:
             return catalog
-        try:
-            data = json.loads(Path(models_file).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CatalogFileError(f"QOLABA_MODELS_FILE {models_file}: cannot read JSON ({exc})") from exc
+        data = _read_json(Path(models_file))
         if isinstance(data, dict):
             data = data.get("models")
         try:
@@ -256,7 +296,13 @@ class Catalog:
             try:
                 model = ModelInfo.model_validate(fields)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+                errors = exc.errors()
+                # The message ends up in list_models: a hostile file (10,000 bad keys, a 1 MB key) must not bloat it.
+                problems = "; ".join(
+                    _clip(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") for err in errors[:5]
+                )
+                if len(errors) > 5:
+                    problems += f"; and {len(errors) - 5} more"
                 raise CatalogFileError(f"QOLABA_MODELS_FILE {models_file}: model #{number}: {problems}") from exc
             merged[model.id] = model
         return cls(merged.values())

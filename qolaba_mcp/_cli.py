@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import anyio
+
     from ._config import Settings, SettingsError
     from ._server import build_server
 
@@ -172,7 +174,9 @@ def _serve(args: argparse.Namespace) -> int:
         updates.update(api_base_url=sandbox.base_url, api_key=SecretStr("sandbox"))
         logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
     settings = settings.model_copy(update=updates)
-    server = build_server(settings, transport=args.transport)
+    # Set as the HTTP server starts to stop, so that calls still waiting return their task_id at once.
+    stopping = anyio.Event()
+    server = build_server(settings, transport=args.transport, stopping=stopping)
     try:
         if args.transport == "http":
             from ._http import InsecureBindError, serve_http
@@ -186,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
                     stateless=args.stateless,
                     insecure_no_auth=args.insecure_no_auth,
                     log_level=args.log_level,
+                    on_shutdown=stopping.set,
                 )
             except InsecureBindError as exc:
                 print(f"qolaba-mcp: {exc}", file=sys.stderr)

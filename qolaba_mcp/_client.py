@@ -7,19 +7,21 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
+import anyio
 import httpx2
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from ._errors import (
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    InvalidTaskIdError,
     MissingApiKeyError,
     NetworkError,
     QolabaError,
@@ -28,7 +30,7 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._models import GenerateRequest, GenerateResult, Task, TaskCreated
+from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, Task, TaskCreated, is_safe_task_id
 
 log = logging.getLogger("qolaba_mcp.client")
 
@@ -37,9 +39,19 @@ _TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_.:\-]{4,200})"')
 TASK_PATH = "/api/v1/tasks/{task_id}"
 _USER_AGENT = "qolaba-mcp"
 
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""Largest API answer read (a task or result is a few kB): more is a malformed answer, never held in memory."""
+_MAX_ERROR_BODY = 64 * 1024  # an error answer is read only for its message
+_MIN_SECRET = 8  # shorter "keys" (tests, sandboxes) would redact ordinary words
+_REDACTED = "[redacted]"
+
 
 class QolabaClient:
-    """Async client for ``POST /api/v1/images/generate`` and ``GET /api/v1/tasks/{id}``."""
+    """Async client for ``POST /api/v1/images/generate`` and ``GET /api/v1/tasks/{id}``.
+
+    Every exchange runs under an overall deadline (connect, send, headers and the whole body), so an API that
+    trickles its answer a byte at a time cannot stretch a call; bodies are read up to ``MAX_RESPONSE_BYTES``.
+    """
 
     def __init__(
         self,
@@ -52,8 +64,9 @@ class QolabaClient:
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
-        self._request_timeout = httpx2.Timeout(request_timeout, connect=connect_timeout)
-        self._sync_timeout = httpx2.Timeout(sync_timeout, connect=connect_timeout)
+        self._request_timeout = request_timeout
+        self._sync_timeout = sync_timeout
+        self._connect_timeout = connect_timeout
         self.base_url = base_url.rstrip("/")
         self._transport = transport
         self._pool: httpx2.AsyncClient | None = None
@@ -79,9 +92,10 @@ class QolabaClient:
         if self._pool is None:
             self._pool = httpx2.AsyncClient(
                 base_url=self.base_url,
-                timeout=self._request_timeout,
+                timeout=httpx2.Timeout(self._request_timeout, connect=self._connect_timeout),
                 transport=self._transport,
-                headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+                # identity: a compressed answer would be inflated before our byte cap could see it
+                headers={"User-Agent": _USER_AGENT, "Accept": "application/json", "Accept-Encoding": "identity"},
                 limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
                 follow_redirects=False,
             )
@@ -96,52 +110,72 @@ class QolabaClient:
     ) -> GenerateResult | TaskCreated:
         """Submit a generation: a finished result (sync, 200) or the created task (async, 202).
 
-        ``timeout`` shortens the wait for the answer (never lengthens it). A success status whose body is broken
-        but still names the task gives that task rather than an error: the task exists and is paid for.
+        The whole exchange is bounded by the request timeout (async) or the sync timeout (sync); ``timeout``
+        shortens that bound, never lengthens it. A success status whose body is broken but still names the task
+        gives that task rather than an error: the task exists and is paid for.
         """
         limit = self._request_timeout if request.celery else self._sync_timeout
-        if timeout is not None and limit.read is not None and timeout < limit.read:
-            limit = httpx2.Timeout(timeout, connect=min(timeout, limit.connect or timeout))
-        response = await self._send("POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=limit)
+        limit = min(limit, timeout) if timeout is not None else limit
+        status, data, complete = await self._send(
+            "POST", GENERATE_PATH, json_body=request.to_api(), api_key=api_key, timeout=limit
+        )
         try:
-            body = _json_object(response)
-        except ResponseFormatError:
-            salvaged = _TASK_ID.search(response.text)
-            if salvaged is None:
-                raise
-            log.warning(
-                "unreadable %s answer to a submission names task %s: following it",
-                response.status_code,
-                salvaged[1],
-            )
+            body = _json_object(status, data, complete, self._secrets(api_key))
+            if status == 202 or (_has_status(body) and not _has_result(body)):
+                return TaskCreated.from_api(body)
+            return GenerateResult.from_api(body)
+        except (ResponseFormatError, ValueError) as exc:
+            salvaged = _TASK_ID.search(data.decode("utf-8", "replace"))
+            if salvaged is None or not is_safe_task_id(salvaged[1]):
+                if isinstance(exc, ResponseFormatError):
+                    raise
+                raise ResponseFormatError(f"The generate response ({status}) lacks a usable task_id or images") from exc
+            log.warning("unreadable %s answer to a submission names task %s: following it", status, salvaged[1])
             return TaskCreated(task_id=salvaged[1])
-        try:
-            if response.status_code == 202 or ("status" in body and not body.get("images") and "usage" not in body):
-                return TaskCreated.model_validate(body)
-            return GenerateResult.model_validate(body)
-        except ValidationError as exc:
-            raise ResponseFormatError(
-                f"The generate response ({response.status_code}) lacks a usable task_id or images"
-            ) from exc
 
-    async def get_task(self, task_id: str, *, api_key: SecretStr | None = None) -> Task:
-        """Poll one task; the body's shape is normalised by ``Task.from_api``."""
+    async def get_task(self, task_id: str, *, api_key: SecretStr | None = None, timeout: float | None = None) -> Task:
+        """Poll one task; the body's shape is normalised by ``Task.from_api``.
+
+        The whole exchange is bounded by the request timeout, or ``timeout`` where that is shorter. A task id that
+        would change the request's path (only dots, a slash, a query...) is refused before any request.
+        """
+        if not is_safe_task_id(task_id):
+            raise InvalidTaskIdError(
+                f"{task_id[:80]!r} is not a task id: ids are 1-200 letters, digits, '_', '-', '.' or ':', and not "
+                "only dots; nothing was sent"
+            )
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
-        response = await self._send("GET", path, api_key=api_key, timeout=self._request_timeout)
+        limit = min(self._request_timeout, timeout) if timeout is not None else self._request_timeout
+        status, data, complete = await self._send("GET", path, api_key=api_key, timeout=limit)
+        body = _json_object(status, data, complete, self._secrets(api_key))
         try:
-            return Task.from_api(_json_object(response), task_id=task_id)
-        except (ValueError, ValidationError) as exc:
+            return Task.from_api(body, task_id=task_id)
+        except (ValueError, RecursionError) as exc:
             raise ResponseFormatError(f"The task response for {task_id} is not a task: {exc}") from exc
 
     def _auth_headers(self, api_key: SecretStr | None) -> dict[str, str]:
-        key = api_key or self._api_key
-        value = key.get_secret_value().strip() if key else ""
+        value = self._key_value(api_key)
         if not value:
             raise MissingApiKeyError(
                 "No Qolaba API key is configured: set the QOLABA_API_KEY environment variable "
                 "(or point QOLABA_API_BASE_URL at the sandbox, which accepts any key)."
             )
+        if not (value.isascii() and value.isprintable()):
+            where = "The Qolaba API key given for this request" if api_key else "QOLABA_API_KEY"
+            raise MissingApiKeyError(
+                f"{where} holds characters an HTTP header cannot carry (a key is printable ASCII): copy the key "
+                "again from the Qolaba dashboard."
+            )
         return {"X-API-Key": value, "Authorization": f"Bearer {value}"}
+
+    def _key_value(self, api_key: SecretStr | None) -> str:
+        key = api_key or self._api_key
+        return key.get_secret_value().strip() if key else ""
+
+    def _secrets(self, api_key: SecretStr | None) -> list[str]:
+        """The key values to redact from anything the API says: the configured key and this request's own."""
+        keys = {self._key_value(None), self._key_value(api_key)}
+        return [key for key in keys if len(key) >= _MIN_SECRET]
 
     async def _send(
         self,
@@ -149,13 +183,23 @@ class QolabaClient:
         path: str,
         *,
         api_key: SecretStr | None,
-        timeout: httpx2.Timeout,
+        timeout: float,
         json_body: Mapping[str, Any] | None = None,
-    ) -> httpx2.Response:
+    ) -> tuple[int, bytes, bool]:
+        """One exchange under an overall deadline: the 2xx status, the body (at most the cap) and whether it is whole.
+
+        An error status is raised as its QolabaError, with the API's message redacted and cut short.
+        """
         headers = self._auth_headers(api_key)
+        per_read = httpx2.Timeout(timeout, connect=min(timeout, self._connect_timeout))
         started = time.monotonic()
         try:
-            response = await self._http.request(method, path, json=json_body, headers=headers, timeout=timeout)
+            with anyio.fail_after(timeout):
+                async with self._http.stream(
+                    method, path, json=json_body, headers=headers, timeout=per_read
+                ) as response:
+                    cap = MAX_RESPONSE_BYTES if response.status_code < 400 else _MAX_ERROR_BODY
+                    data, complete = await _read_capped(response, cap)
         except httpx2.TimeoutException as exc:
             sent = not isinstance(exc, httpx2.ConnectTimeout | httpx2.PoolTimeout)
             raise APITimeoutError(
@@ -168,31 +212,98 @@ class QolabaClient:
                 f"{method} {path}: network error talking to the Qolaba API ({type(exc).__name__})",
                 request_sent=sent,
             ) from exc
+        except TimeoutError as exc:
+            # The overall deadline: the API may have seen the request, so a submission is never resent.
+            raise APITimeoutError(
+                f"{method} {path}: no complete answer from the Qolaba API within {timeout:g} s", request_sent=True
+            ) from exc
         log.debug("%s %s -> %s in %.3f s", method, path, response.status_code, time.monotonic() - started)
         if response.status_code >= 400:
-            raise _status_error(response, method, path)
-        return response
+            raise _status_error(response, data, method, path, self._secrets(api_key))
+        return response.status_code, data, complete
 
 
-def _json_object(response: httpx2.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+async def _read_capped(response: httpx2.Response, cap: int) -> tuple[bytes, bool]:
+    """The body (decoded from any content-encoding) up to ``cap`` bytes, and whether that was all of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], False
+    return b"".join(chunks), True
+
+
+def _has_status(body: Mapping[str, Any]) -> bool:
+    inner = body.get("task")
+    return any(isinstance(place, Mapping) and "status" in place for place in (body, inner))
+
+
+def _has_result(body: Mapping[str, Any]) -> bool:
+    inner = body.get("task")
+    return any(
+        isinstance(place, Mapping) and (place.get("images") or place.get("output") or "usage" in place)
+        for place in (body, inner)
+    )
+
+
+def _json_object(status: int, data: bytes, complete: bool, secrets: list[str]) -> dict[str, Any]:
+    """The answer as a JSON object with the key redacted; ResponseFormatError for anything else."""
+    if not complete:
         raise ResponseFormatError(
-            f"The Qolaba API answered {response.status_code} with a body that is not valid JSON"
-        ) from exc
-    if not isinstance(body, dict):
-        raise ResponseFormatError(f"The Qolaba API answered {response.status_code} with JSON that is not an object")
-    return body
-
-
-def _status_error(response: httpx2.Response, method: str, path: str) -> QolabaError:
-    status = response.status_code
+            f"The Qolaba API answered {status} with a body over {MAX_RESPONSE_BYTES} bytes; it was not read"
+        )
     try:
-        body: object = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = response.text[:500]
-    detail = _api_message(body) or response.reason_phrase or "no message"
+        body = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise ResponseFormatError(f"The Qolaba API answered {status} with a body that is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise ResponseFormatError(f"The Qolaba API answered {status} with JSON that is not an object")
+    try:
+        return _redacted_json(body, secrets)
+    except RecursionError as exc:
+        raise ResponseFormatError(f"The Qolaba API answered {status} with JSON nested too deeply") from exc
+
+
+def _redacted_json(body: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """The body with every string that holds a key value redacted (checked on the decoded text: escapes count)."""
+    if not secrets or not any(secret in json.dumps(body, ensure_ascii=False) for secret in secrets):
+        return body
+
+    def scrub(value: object) -> object:
+        if isinstance(value, str):
+            return redact(value, secrets)
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {redact(str(key), secrets): scrub(item) for key, item in value.items()}
+        return value
+
+    return scrub(body)  # type: ignore[return-value]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each key value replaced by a marker."""
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def api_text(text: str, secrets: Iterable[str]) -> str:
+    """Text from the API as it may reach a message or a log line: key redacted, at most MAX_API_TEXT characters."""
+    text = redact(text, secrets).strip()
+    return text if len(text) <= MAX_API_TEXT else text[: MAX_API_TEXT - 1] + "…"
+
+
+def _status_error(response: httpx2.Response, data: bytes, method: str, path: str, secrets: list[str]) -> QolabaError:
+    status = response.status_code
+    text = data.decode("utf-8", "replace")
+    try:
+        body: object = _redacted_json(json.loads(text), secrets)
+    except (ValueError, RecursionError):
+        body = api_text(text, secrets)
+    detail = api_text(_api_message(body) or response.reason_phrase or "no message", secrets)
     where = f"{method} {path}"
     if status in (400, 422):
         return BadRequestError(f"Bad request ({status}): {detail}", status_code=status, body=body)
@@ -224,13 +335,23 @@ def _api_message(body: object) -> str | None:
     for key in ("message", "detail", "error_detail", "error"):
         value = body.get(key)
         if isinstance(value, list):
-            value = "; ".join(str(v.get("msg", v)) if isinstance(v, Mapping) else str(v) for v in value)
+            value = "; ".join(_one_line(v.get("msg", v) if isinstance(v, Mapping) else v) for v in value[:10])
         elif isinstance(value, Mapping):
-            value = value.get("message") or json.dumps(value)
+            value = _one_line(value.get("message") or value)
         if isinstance(value, str) and value.strip() and value.strip() not in parts:
             parts.append(value.strip())
     # "error" is often just the status phrase ("Bad Request"): put the specific message first.
     return " - ".join(parts) if parts else None
+
+
+def _one_line(value: object) -> str:
+    """A short text for one part of an error body, whatever its shape or depth."""
+    if isinstance(value, str):
+        return value[:MAX_API_TEXT]
+    try:
+        return json.dumps(value)[:MAX_API_TEXT]
+    except (ValueError, TypeError, RecursionError):
+        return type(value).__name__
 
 
 def parse_retry_after(body: object, header: str | None, *, now: float | None = None) -> float | None:

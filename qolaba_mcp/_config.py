@@ -80,6 +80,11 @@ class Settings(BaseModel):
     download_max_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1024, le=1024**3, description="Largest image this server downloads."
     )
+    download_allow_private: bool = Field(
+        default=False,
+        description="Download images from loopback, private and other non-public addresses "
+        "(the API's own origin always is).",
+    )
     mcp_auth_token: SecretStr | None = Field(
         default=None,
         description="HTTP transport: the bearer token every request must carry (required off loopback).",

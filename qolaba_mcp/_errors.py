@@ -1,7 +1,8 @@
 """The errors qolaba_mcp raises, split by what a caller does about them.
 
     QolabaError
-    ├── MissingApiKeyError        no key configured: set QOLABA_API_KEY
+    ├── MissingApiKeyError        no usable key configured: set QOLABA_API_KEY (printable ASCII)
+    ├── InvalidTaskIdError        a task id that would change the request path: refused before any request
     ├── APIStatusError            the API answered with an error status (carries status_code, message)
     │   ├── BadRequestError       400/422: the request is invalid; the API's message says why
     │   ├── AuthenticationError   401/403: the key is missing, wrong or not allowed
@@ -12,7 +13,8 @@
     └── NetworkError              no usable answer (carries request_sent: could the API have seen it?)
         └── APITimeoutError       no answer in time
 
-The HTTP client translates httpx2 failures into these once, at its boundary; nothing here ever holds the key.
+The HTTP client translates httpx2 failures into these once, at its boundary; nothing here ever holds the key:
+text from the API reaches a message only with the key redacted and cut to a few hundred characters.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class QolabaError(Exception):
 
 
 class MissingApiKeyError(QolabaError):
-    """No API key is configured."""
+    """No API key is configured, or one that no HTTP header can carry (the message names where it came from)."""
+
+
+class InvalidTaskIdError(QolabaError):
+    """A task id that is not safe in ``/api/v1/tasks/{task_id}`` (only dots, a slash, a query...): never sent."""
 
 
 class APIStatusError(QolabaError):

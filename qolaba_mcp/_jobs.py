@@ -1,19 +1,38 @@
-"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's budget."""
+"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's budget.
+
+Time: each poll is bounded, body included, by the call's remaining wait plus ``POLL_MARGIN``; an async submission
+by ``max(wait_seconds, SUBMIT_MIN_SECONDS)``. A synchronous generation (``celery: false``) is one long request that
+cannot be resumed elsewhere: it runs in ``Jobs``' own task group (open for the server's life), and when it outlives
+the call's wait the call returns PENDING with a local task id (``sync-<hex>``) that ``get_task`` answers from this
+process once the request finishes. It is never abandoned and never resent.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
 
 import anyio
+import anyio.abc
 from pydantic import BaseModel, Field, SecretStr
 
 from ._client import QolabaClient
-from ._errors import NetworkError, QolabaError, RateLimitError, ResponseFormatError, ServerError
-from ._models import GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, TaskStatus, Usage
+from ._errors import (
+    NetworkError,
+    QolabaError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerError,
+    TaskNotFoundError,
+)
+from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, TaskStatus, Usage
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
@@ -22,6 +41,18 @@ ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 
 # Failures of a single poll that say nothing about the task: try again while the budget lasts.
 _TRANSIENT = (RateLimitError, ServerError, NetworkError, ResponseFormatError)
+
+POLL_MARGIN = 2.0  # seconds a poll may run past the call's wait before it is cut off
+SUBMIT_MIN_SECONDS = 10.0  # an async submission always gets this long to answer, whatever the wait
+LOCAL_ID_PREFIX = "sync-"  # task ids this process made up for synchronous requests that outlived their call
+SYNC_KEEP_SECONDS = 3600.0  # how long a finished synchronous request's outcome stays answerable
+SYNC_KEEP_MAX = 1000  # at most this many finished ones are kept (the oldest go first)
+_MAX_MODEL = 200  # characters of a model name the API reports
+
+
+def is_local_task_id(task_id: str | None) -> bool:
+    """Whether ``task_id`` names a synchronous request held by this process rather than a Qolaba task."""
+    return task_id is not None and task_id.startswith(LOCAL_ID_PREFIX)
 
 
 class Generation(BaseModel):
@@ -39,6 +70,12 @@ class Generation(BaseModel):
     polls: int = Field(default=0, description="Task polls this call made.")
     poll_error: str | None = Field(
         default=None, description="The last failed poll, when the wait ended while polls were failing."
+    )
+    retry_after: float | None = Field(
+        default=None, description="Seconds the API asked to wait before the next poll, when longer than the wait."
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="What could not be used: odd API fields, images left out, delivery."
     )
 
     @property
@@ -123,6 +160,10 @@ class _Progress:
     async def __call__(self, message: str, fraction: float | None = None) -> None:
         if self._report is None:
             return
+        if fraction is not None and not math.isfinite(fraction):
+            fraction = None
+        elif fraction is not None:
+            fraction = min(max(fraction, 0.0), 1.0)
         self._count += 1
         value, total = (round(fraction * 100, 2), 100.0) if fraction is not None else (float(self._count), None)
         value = max(value, round(self._last + 0.01, 2))
@@ -130,8 +171,24 @@ class _Progress:
         await self._report(value, total, message)
 
 
+@dataclass(kw_only=True)
+class _SyncRequest:
+    """A synchronous generation running in the background, and its outcome once it has one."""
+
+    local_id: str
+    model: str
+    prompt: str | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: GenerateResult | TaskCreated | QolabaError | None = None
+    finished: float | None = None
+
+
 class Jobs:
-    """Runs generations against the API for the MCP tools; knows nothing of MCP."""
+    """Runs generations against the API for the MCP tools; knows nothing of MCP.
+
+    Enter it (``async with jobs:``) for the life of the server: synchronous generations run in its task group so
+    that none is lost when it outlasts the call that started it.
+    """
 
     def __init__(
         self,
@@ -140,11 +197,29 @@ class Jobs:
         poll: PollPolicy | None = None,
         retry: RetryPolicy | None = None,
         heartbeat: float = 1.0,
+        stopping: anyio.Event | None = None,
     ) -> None:
+        self._stopping = stopping  # once set (the server is stopping), waits end and return what they have
         self._client = client
         self._poll = poll or PollPolicy()
         self._retry = retry or RetryPolicy()
         self._heartbeat = heartbeat
+        self._background: anyio.abc.TaskGroup | None = None
+        self._sync: dict[str, _SyncRequest] = {}
+
+    async def __aenter__(self) -> Self:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._background = group
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        group, self._background = self._background, None
+        if group is not None:
+            group.cancel_scope.cancel()  # the server is going: its synchronous requests go with it
+            await group.__aexit__(None, None, None)
 
     async def generate(
         self,
@@ -154,13 +229,24 @@ class Jobs:
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
     ) -> Generation:
-        """Submit once (sync or async, per ``request.celery``), then wait up to ``wait_seconds`` for the result."""
+        """Submit once (sync or async, per ``request.celery``), then wait up to ``wait_seconds`` for the result.
+
+        A synchronous request still running when the wait ends comes back PENDING under a ``sync-`` task id.
+        """
         started = time.monotonic()
+        deadline = started + wait_seconds
         progress = _Progress(on_progress)
+        result: GenerateResult | TaskCreated
         if not request.celery:
-            result = await self._with_heartbeat(
-                self._submit(request, api_key=api_key, budget=wait_seconds), progress, started
-            )
+            entry = self._start_sync(request, api_key=api_key, budget=wait_seconds)
+            outcome = await self._await_sync(entry, deadline=deadline, progress=progress, started=started)
+            if outcome is None:
+                log.info(
+                    "synchronous request outlived its call's %g s wait; answerable as %s", wait_seconds, entry.local_id
+                )
+                return _pending(entry.local_id, entry, started)
+            self._sync.pop(entry.local_id, None)  # the caller gets the outcome itself: nobody will ask for this id
+            result = _settled(outcome)
         else:
             result = await self._submit(request, api_key=api_key, budget=wait_seconds)
         if isinstance(result, GenerateResult):
@@ -174,8 +260,8 @@ class Jobs:
             elapsed_seconds=_since(started),
         )
         return await self._wait(
-            pending, started=started, deadline=started + wait_seconds, progress=progress,
-            api_key=api_key, forecast=_Forecast(time.monotonic()), poll_first=False,
+            pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
+            forecast=_Forecast(time.monotonic()), poll_first=False, fresh=True,
         )  # fmt: skip
 
     async def get_task(
@@ -186,23 +272,120 @@ class Jobs:
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
     ) -> Generation:
-        """The task's state now, or after waiting up to ``wait_seconds`` for it to finish."""
+        """The task's state now, or after waiting up to ``wait_seconds`` for it to finish.
+
+        A ``sync-`` id is answered from this process: PENDING while its synchronous request runs, then its images
+        (or its error); if the API queued that request as a task after all, that task is polled.
+        """
         started = time.monotonic()
+        deadline = started + wait_seconds
+        progress = _Progress(on_progress)
+        if is_local_task_id(task_id):
+            return await self._get_sync(task_id, started=started, deadline=deadline, progress=progress, api_key=api_key)
         known = Generation(task_id=task_id, status="PENDING", elapsed_seconds=0)
         return await self._wait(
-            known, started=started, deadline=started + wait_seconds, progress=_Progress(on_progress),
-            api_key=api_key, forecast=_Forecast(None), poll_first=True,
+            known, started=started, deadline=deadline, progress=progress, api_key=api_key,
+            forecast=_Forecast(None), poll_first=True, fresh=False,
         )  # fmt: skip
+
+    def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float) -> _SyncRequest:
+        if self._background is None:
+            raise RuntimeError("a synchronous generation needs Jobs entered (async with): it may outlive its call")
+        self._forget_old()
+        entry = _SyncRequest(
+            local_id=f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}", model=request.model, prompt=request.prompt
+        )
+        self._sync[entry.local_id] = entry
+        self._background.start_soon(self._run_sync, entry, request, api_key, budget)
+        return entry
+
+    async def _run_sync(
+        self, entry: _SyncRequest, request: GenerateRequest, api_key: SecretStr | None, budget: float
+    ) -> None:
+        try:
+            entry.outcome = await self._submit(request, api_key=api_key, budget=budget)
+        except QolabaError as exc:
+            entry.outcome = exc
+        except Exception as exc:  # one request must never take the server's task group down
+            log.exception("synchronous request %s failed unexpectedly", entry.local_id)
+            entry.outcome = QolabaError(f"the synchronous request failed unexpectedly ({type(exc).__name__})")
+        finally:
+            entry.finished = time.monotonic()
+            entry.done.set()
+
+    def _forget_old(self) -> None:
+        """Drop finished requests older than SYNC_KEEP_SECONDS, and the oldest beyond SYNC_KEEP_MAX."""
+        now = time.monotonic()
+        finished = sorted((entry.finished, entry.local_id) for entry in self._sync.values() if entry.finished)
+        for index, (at, local_id) in enumerate(finished):
+            if now - at > SYNC_KEEP_SECONDS or len(finished) - index > SYNC_KEEP_MAX:
+                del self._sync[local_id]
+
+    async def _await_sync(
+        self, entry: _SyncRequest, *, deadline: float, progress: _Progress, started: float
+    ) -> GenerateResult | TaskCreated | QolabaError | None:
+        """The request's outcome, or None if it is still running at ``deadline``; a heartbeat every second."""
+
+        async def beat() -> None:
+            while True:
+                await anyio.sleep(self._heartbeat)
+                await progress(f"PROCESSING · {_since(started):.0f} s (synchronous request)")
+
+        with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+            async with anyio.create_task_group() as group:
+                group.start_soon(beat)
+                await entry.done.wait()
+                group.cancel_scope.cancel()
+        return entry.outcome if entry.done.is_set() else None
+
+    async def _get_sync(
+        self, local_id: str, *, started: float, deadline: float, progress: _Progress, api_key: SecretStr | None
+    ) -> Generation:
+        entry = self._sync.get(local_id)
+        if entry is None:
+            raise TaskNotFoundError(
+                f"This server holds no synchronous request {local_id}: such ids are answered only by the server "
+                f"process that gave them, for {SYNC_KEEP_SECONDS / 3600:g} h after the request ends.",
+                status_code=404,
+            )
+        outcome = await self._await_sync(entry, deadline=deadline, progress=progress, started=started)
+        if outcome is None:
+            return _pending(local_id, entry, started)
+        result = _settled(outcome)
+        if isinstance(result, GenerateResult):
+            generation = _from_result(result, entry.model, started)
+            return generation if generation.task_id else generation.model_copy(update={"task_id": local_id})
+        pending = _pending(result.task_id, entry, started)  # the API queued it as a task after all
+        return await self._wait(
+            pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
+            forecast=_Forecast(None), poll_first=True, fresh=True,
+        )  # fmt: skip
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less and True if the server starts stopping meanwhile."""
+        if self._stopping is None:
+            await anyio.sleep(seconds)
+            return False
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+            return True
+        return False
 
     async def _submit(
         self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float
     ) -> GenerateResult | TaskCreated:
-        """POST the request; retried only where the API provably created nothing (429, connection refused)."""
-        deadline = time.monotonic() + min(self._retry.submit_budget, max(budget, 10.0))
-        # An async submission answers at once; a hung one must not hold the call far past its budget.
-        timeout = max(budget, 10.0) if request.celery else None
+        """POST the request; retried only where the API provably created nothing (429, connection refused).
+
+        An async submission, retries included, is over within ``max(budget, SUBMIT_MIN_SECONDS)``: each attempt
+        is bounded as a whole, a trickling answer included. A synchronous one is bounded by the client's sync
+        timeout per attempt (it runs in the background, see ``Jobs``).
+        """
+        window = max(budget, SUBMIT_MIN_SECONDS)
+        started = time.monotonic()
+        retry_deadline = started + min(self._retry.submit_budget, window)
         attempt = 0
         while True:
+            timeout = max(started + window - time.monotonic(), 0.5) if request.celery else None
             try:
                 return await self._client.generate(request, api_key=api_key, timeout=timeout)
             except RateLimitError as exc:
@@ -213,7 +396,7 @@ class Jobs:
                     raise  # the API may have created the task: resubmitting could charge twice
                 last, wait = exc, self._retry.backoff(attempt)
             attempt += 1
-            if attempt >= self._retry.submit_attempts or time.monotonic() + wait > deadline:
+            if attempt >= self._retry.submit_attempts or time.monotonic() + wait > retry_deadline:
                 raise last
             log.info("submission not accepted (%s); retry %d in %.1f s", type(last).__name__, attempt, wait)
             await anyio.sleep(wait)
@@ -228,14 +411,20 @@ class Jobs:
         api_key: SecretStr | None,
         forecast: _Forecast,
         poll_first: bool,
+        fresh: bool,
     ) -> Generation:
-        """Poll until done or ``deadline``; ``poll_first`` polls at once (a task this call did not submit)."""
+        """Poll until done or ``deadline``.
+
+        ``poll_first`` polls at once (a task this call did not submit); ``fresh`` marks a task this server has
+        just created, for which a 404 means "not visible yet" (eventual consistency) until a poll has succeeded.
+        """
         assert known.task_id is not None
         polls = 0
         failures = 0
         not_before = started
         fraction: float | None = None
         poll_error: str | None = None
+        asked_wait: float | None = None
         while True:
             now = time.monotonic()
             if polls == 0 and poll_first:
@@ -247,58 +436,58 @@ class Jobs:
                 if polls > 0 or not poll_first:
                     break
                 delay = 0.0
-            await anyio.sleep(delay)
+            if await self._stopped_within(delay):
+                break
             polls += 1
             try:
-                # A hung API must not hold the call much past its budget.
-                with anyio.fail_after(max(deadline - time.monotonic(), 0) + 2.0):
-                    task = await self._client.get_task(known.task_id, api_key=api_key)
-            except (*_TRANSIENT, TimeoutError) as exc:
+                timeout = max(deadline - time.monotonic(), 0.0) + POLL_MARGIN
+                task = await self._client.get_task(known.task_id, api_key=api_key, timeout=timeout)
+            except (*_TRANSIENT, TaskNotFoundError) as exc:
+                if isinstance(exc, TaskNotFoundError) and not fresh:
+                    exc.task_id = known.task_id
+                    raise
                 failures += 1
                 retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
                 not_before = time.monotonic() + self._retry.backoff(failures - 1, retry_after)
-                poll_error = str(exc) if isinstance(exc, QolabaError) else "the poll timed out"
+                # A wait the API asks for that outlasts this call is reported as such, not as "not finished".
+                asked_wait = retry_after if not_before > deadline else None
+                poll_error = exc.message[:MAX_API_TEXT]
                 await progress(f"{known.status} · {_since(started):.0f} s · poll failed, retrying", fraction)
                 continue
             except QolabaError as exc:
                 exc.task_id = known.task_id
                 raise
-            failures, poll_error = 0, None
+            failures, poll_error, asked_wait, fresh = 0, None, None, False
             fraction = task.progress
             forecast.observe(fraction, time.monotonic())
             known = _merge(known, task)
             if task.done:
                 return known.model_copy(update={"elapsed_seconds": _since(started), "polls": polls})
             await progress(f"{task.status} · {_since(started):.0f} s", fraction)
-        return known.model_copy(update={"elapsed_seconds": _since(started), "polls": polls, "poll_error": poll_error})
-
-    async def _with_heartbeat(
-        self, work: Awaitable[GenerateResult | TaskCreated], progress: _Progress, started: float
-    ) -> GenerateResult | TaskCreated:
-        """Await one long request while telling the host, every second, that it is still running."""
-        result: list[GenerateResult | TaskCreated] = []
-        failure: list[QolabaError] = []
-
-        async def beat() -> None:
-            while True:
-                await anyio.sleep(self._heartbeat)
-                await progress(f"PROCESSING · {_since(started):.0f} s (synchronous request)")
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(beat)
-            try:
-                result.append(await work)
-            except QolabaError as exc:  # raised after the group, not wrapped in an ExceptionGroup
-                failure.append(exc)
-            finally:
-                group.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-        return result[0]
+        return known.model_copy(
+            update={
+                "elapsed_seconds": _since(started),
+                "polls": polls,
+                "poll_error": poll_error,
+                "retry_after": asked_wait,
+            }
+        )
 
 
 def _since(started: float) -> float:
     return round(time.monotonic() - started, 3)
+
+
+def _settled(outcome: GenerateResult | TaskCreated | QolabaError) -> GenerateResult | TaskCreated:
+    if isinstance(outcome, QolabaError):
+        raise outcome.with_traceback(None)  # raised again on each ask: no growing traceback
+    return outcome
+
+
+def _pending(task_id: str, entry: _SyncRequest, started: float) -> Generation:
+    return Generation(
+        task_id=task_id, status="PENDING", model=entry.model, prompt=entry.prompt, elapsed_seconds=_since(started)
+    )
 
 
 def _from_result(result: GenerateResult, model: str, started: float) -> Generation:
@@ -310,20 +499,22 @@ def _from_result(result: GenerateResult, model: str, started: float) -> Generati
         seed=result.seed,
         images=result.images,
         usage=result.usage,
+        notes=result.notes,
         elapsed_seconds=_since(started),
     )
 
 
 def _merge(known: Generation, task: Task) -> Generation:
-    model = task.raw.get("model") if isinstance(task.raw.get("model"), str) else known.model
+    model = task.raw.get("model")
     return known.model_copy(
         update={
             "status": task.status,
-            "model": model,
+            "model": model[:_MAX_MODEL] if isinstance(model, str) else known.model,
             "prompt": task.prompt or known.prompt,
             "seed": task.seed if task.seed is not None else known.seed,
             "images": task.images,
             "usage": task.usage,
             "error": task.error,
+            "notes": task.notes,
         }
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
@@ -13,6 +14,7 @@ from ._delivery import Delivered
 from ._errors import (
     AuthenticationError,
     BadRequestError,
+    InvalidTaskIdError,
     MissingApiKeyError,
     NetworkError,
     QolabaError,
@@ -20,9 +22,14 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._jobs import Generation
+from ._jobs import Generation, is_local_task_id
+from ._models import url_problem
+
+log = logging.getLogger("qolaba_mcp.results")
 
 TEXT_BUDGET = 1800  # bytes of summary text; a 4-image result must stay under 2 KB
+MAX_NOTES = 20  # notes kept in one result, each cut to NOTE_CHARS
+NOTE_CHARS = 300
 
 
 class GenerationResult(Generation):
@@ -32,7 +39,6 @@ class GenerationResult(Generation):
     saved_files: list[str | None] = Field(
         default_factory=list, description="Local path of each image, in order (null where not saved)."
     )
-    notes: list[str] = Field(default_factory=list, description="Delivery problems (previews, saving).")
 
 
 class ModelList(BaseModel):
@@ -45,51 +51,86 @@ class ModelList(BaseModel):
 def generation_result(
     generation: Generation, delivered: Delivered | None, *, wait_seconds: float, max_wait: float
 ) -> CallToolResult:
-    """A short text, one resource_link (and preview, when made) per image, and the structured result."""
+    """A short text, one resource_link (and preview, when made) per image, and the structured result.
+
+    Never fails on one image: an image whose URL is unusable gets a note instead of a link, and keeps its place.
+    """
     result = GenerationResult(**generation.model_dump())
+    notes = list(generation.notes)
     if delivered is not None:
         result.saved_files = delivered.saved if any(delivered.saved) else []
-        result.notes = delivered.notes
-    if not generation.done:
-        result.next_step = (
-            f'Not finished after waiting {wait_seconds:g} s. Call get_task with task_id="{generation.task_id}" '
-            f"and wait_seconds={min(max(wait_seconds, 30), max_wait):g} to keep waiting. Do not call "
-            "generate_image again: the task is already running."
-        )
+        notes += delivered.notes
+    result.next_step = next_step(generation, wait_seconds=wait_seconds, max_wait=max_wait)
     previews = {preview.index: preview for preview in (delivered.previews if delivered else [])}
-    content: list[TextContent | ResourceLink | ImageContent] = [TextContent(text=summary(result))]
+    blocks: list[ResourceLink | ImageContent] = []
     for index, image in enumerate(result.images):
-        content.append(
-            ResourceLink(
-                name=f"{result.task_id or 'image'}-{index}",
-                uri=image.url,
-                mime_type=image.content_type or "image/png",
-                description=f"{image.width}x{image.height}" if image.width and image.height else None,
-            )
-        )
-        if index in previews:
-            preview = previews[index]
-            content.append(
-                ImageContent(data=base64.b64encode(preview.data).decode("ascii"), mime_type=preview.mime_type)
-            )
+        problem = url_problem(image.url)
+        try:
+            if problem is None:
+                blocks.append(
+                    ResourceLink(
+                        name=f"{result.task_id or 'image'}-{index}",
+                        uri=image.url,
+                        mime_type=image.content_type or "image/png",
+                        description=f"{image.width}x{image.height}" if image.width and image.height else None,
+                    )
+                )
+            if index in previews:
+                preview = previews[index]
+                blocks.append(
+                    ImageContent(data=base64.b64encode(preview.data).decode("ascii"), mime_type=preview.mime_type)
+                )
+        except ValueError as exc:  # a ValidationError too: whatever one image holds, the others and the task stay
+            log.warning("image %d of %s could not be shaped: %s", index + 1, result.task_id, type(exc).__name__)
+            problem = problem or "it could not be put in the result"
+        if problem is not None:
+            notes.append(f"image {index + 1}: no link, {problem}")
+    result.notes = [note[:NOTE_CHARS] for note in notes[:MAX_NOTES]]
+    if len(notes) > MAX_NOTES:
+        result.notes.append(f"and {len(notes) - MAX_NOTES} more notes")
     return CallToolResult(
-        content=content,
+        content=[TextContent(text=summary(result)), *blocks],
         structured_content=result.model_dump(mode="json"),
         is_error=generation.status == "FAILED",
     )
 
 
-def summary(result: GenerationResult) -> str:
-    if result.status == "FAILED":
+def next_step(generation: Generation, *, wait_seconds: float, max_wait: float) -> str | None:
+    """What the agent should do with a task that is not finished, or None once it is."""
+    if generation.done:
+        return None
+    task = f'task_id="{generation.task_id}"'
+    again = min(max(wait_seconds, 30), max_wait)
+    if is_local_task_id(generation.task_id):
         return (
+            f"The synchronous request was still running after {wait_seconds:g} s; it goes on in this server and was "
+            f"not abandoned. Call get_task with {task} and wait_seconds={again:g}: it returns the images once the "
+            "request finishes. Do not call generate_image again: that would be a second paid generation."
+        )
+    if generation.retry_after is not None:
+        return (
+            f"The API asked to wait {generation.retry_after:g} s before polling again. Call get_task with {task} "
+            "after that. Do not call generate_image again: the task is already running."
+        )
+    return (
+        f"Not finished after waiting {wait_seconds:g} s. Call get_task with {task} and wait_seconds={again:g} to "
+        "keep waiting. Do not call generate_image again: the task is already running."
+    )
+
+
+def summary(result: GenerationResult) -> str:
+    """The result's text block, at most TEXT_BUDGET bytes whatever the API sent."""
+    if result.status == "FAILED":
+        return clip(
             f"Generation failed (task_id {result.task_id}): {result.error}. Adjust the prompt or parameters and "
-            "call generate_image again."
+            "call generate_image again.",
+            TEXT_BUDGET,
         )
     if result.status != "SUCCESS":
         text = f"Task {result.task_id} is {result.status} after {result.elapsed_seconds:.1f} s. {result.next_step}"
         if result.poll_error:
             text += f" (Last poll failed: {result.poll_error[:300]})"
-        return text
+        return clip(text, TEXT_BUDGET)
     cost = ""
     if result.usage and result.usage.cost_credits is not None:
         cost = f", cost {result.usage.cost_credits:g} credits (${result.usage.cost_usd or 0:g})"
@@ -103,11 +144,19 @@ def summary(result: GenerationResult) -> str:
     lines = [f"{head}:"]
     for index, image in enumerate(result.images, start=1):
         size = f" ({image.width}x{image.height})" if image.width and image.height else ""
-        lines.append(f"{index}. {image.url}{size}")
+        lines.append(f"{index}. {image.url if url_problem(image.url) is None else '(no usable URL)'}{size}")
     text = "\n".join([*lines, *tail])
     if len(text.encode()) > TEXT_BUDGET:  # long signed URLs: they are in the resource links already
         text = "\n".join([f"{head}. The image URLs are in the resource links below.", *tail])
-    return text[:TEXT_BUDGET]
+    return clip(text, TEXT_BUDGET)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
 
 
 def model_line(model: ModelInfo) -> str:
@@ -121,8 +170,15 @@ def model_line(model: ModelInfo) -> str:
 
 def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> str:
     """A tool-error text that tells the agent its next move."""
-    task = f" (task_id {exc.task_id})" if exc.task_id else ""
-    if isinstance(exc, MissingApiKeyError):
+    if is_local_task_id(exc.task_id) and not isinstance(exc, TaskNotFoundError):
+        # The error of a synchronous request that outlived its call: final, whatever its kind.
+        return f"The synchronous request {exc.task_id} ended without images. " + _advice(exc, catalog, model, None)
+    return _advice(exc, catalog, model, exc.task_id)
+
+
+def _advice(exc: QolabaError, catalog: Catalog, model: str | None, task_id: str | None) -> str:
+    task = f" (task_id {task_id})" if task_id else ""
+    if isinstance(exc, MissingApiKeyError | InvalidTaskIdError):
         return exc.message
     if isinstance(exc, BadRequestError):
         text = f"The Qolaba API rejected the request: {exc.message}. Fix the named argument and call again."
@@ -130,21 +186,29 @@ def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> 
             text += f" Known models: {', '.join(catalog.ids())} (list_models has details)."
         return text
     if isinstance(exc, AuthenticationError):
-        return (
+        text = (
             f"The Qolaba API refused the API key ({exc.status_code}). Check QOLABA_API_KEY in the MCP server's "
             "environment; retrying will not help until the key is fixed."
         )
+        if task_id:
+            text += (
+                f' The task was created before the key was refused: once the key works, call get_task with task_id="'
+                f'{task_id}" to collect it rather than generating again.'
+            )
+        return text
     if isinstance(exc, RateLimitError):
         after = f"{exc.retry_after:g} s" if exc.retry_after is not None else "a little while"
         return f"Rate limited by the Qolaba API after several tries{task}. Retry after {after}."
     if isinstance(exc, TaskNotFoundError):
-        return f"The Qolaba API knows no task {exc.task_id!r}. Check the task_id that generate_image returned."
+        if is_local_task_id(task_id):
+            return exc.message
+        return f"The Qolaba API knows no task {task_id!r}. Check the task_id that generate_image returned."
     if isinstance(exc, NetworkError) and not exc.request_sent:
         return f"Could not reach the Qolaba API ({exc.message}); nothing was submitted. Retry shortly."
-    if exc.task_id:
+    if task_id:
         return (
             f"{exc.message}{task}. The task may still finish: call get_task with "
-            f'task_id="{exc.task_id}" rather than generating again.'
+            f'task_id="{task_id}" rather than generating again.'
         )
     if isinstance(exc, NetworkError | ServerError):
         return (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,17 +15,17 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr
 from pydantic.fields import FieldInfo
 
 from . import __version__
 from ._catalog import Capability, Catalog, CatalogFileError
 from ._client import QolabaClient
 from ._config import Settings
-from ._delivery import Delivered, Delivery, as_png, default_output_dir
+from ._delivery import Delivered, Delivery, default_output_dir
 from ._errors import QolabaError
 from ._jobs import Generation, Jobs, PollPolicy, ProgressFn
-from ._models import GenerateRequest
+from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
 from ._results import GenerationResult, ModelList, explain, generation_result, model_line
 
 log = logging.getLogger("qolaba_mcp.server")
@@ -39,16 +38,27 @@ INSTRUCTIONS = (
     "return a task_id before they finish: call get_task with that task_id (and wait_seconds) to collect the "
     "images. Never call generate_image twice for one image: each call is a new, paid generation."
 )
-_TASK_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+
+
+def _task_id(value: str) -> str:
+    if not is_safe_task_id(value):
+        raise ValueError(
+            "not a task_id: give it exactly as generate_image returned it (letters, digits, '_', '-', '.' or ':', "
+            "not only dots)"
+        )
+    return value
+
+
 TaskId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=200,
-        pattern=rf"^{_TASK_ID.pattern}$",
+        max_length=TASK_ID_MAX_LENGTH,
+        json_schema_extra={"pattern": TASK_ID_PATTERN},  # checked by _task_id, whose message is clearer
         description="The task_id that generate_image returned.",
         examples=["task_1705312200000_abc123"],
     ),
+    AfterValidator(_task_id),
 ]
 
 
@@ -64,11 +74,21 @@ class AppContext:
     catalog_warning: str | None = None
 
     async def finish(self, generation: Generation, *, save: bool | None, wait_seconds: float) -> CallToolResult:
-        """Deliver a finished generation's images (previews, files) and shape the tool result."""
+        """Deliver a finished generation's images (previews, files) and shape the tool result.
+
+        Delivery is a courtesy on top of a paid result: if it fails outright, the result still comes back, with
+        its task_id, every image URL and a note.
+        """
         delivered: Delivered | None = None
         if generation.status == "SUCCESS" and generation.images:
             should_save = self.save_by_default if save is None else save
-            delivered = await self.delivery.deliver(generation.task_id, generation.images, save=should_save)
+            try:
+                delivered = await self.delivery.deliver(generation.task_id, generation.images, save=should_save)
+            except Exception as exc:
+                log.exception("delivering the images of %s failed", generation.task_id)
+                delivered = Delivered(
+                    notes=[f"no previews or saved files: delivery failed ({type(exc).__name__}); the URLs stand"]
+                )
         return generation_result(
             generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds
         )
@@ -94,7 +114,7 @@ def _set_signature(tool: Callable[..., Any], params: list[inspect.Parameter], re
 
 def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
     return FieldInfo.from_annotated_attribute(
-        float,
+        Annotated[float, NotBool],  # type: ignore[arg-type]
         Field(
             default=min(default, settings.max_wait_seconds),
             ge=0,
@@ -122,7 +142,9 @@ _SAVE = FieldInfo.from_annotated_attribute(
 )
 
 
-def build_server(settings: Settings, *, transport: Literal["stdio", "http"] = "stdio") -> MCPServer:
+def build_server(
+    settings: Settings, *, transport: Literal["stdio", "http"] = "stdio", stopping: anyio.Event | None = None
+) -> MCPServer:
     """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan."""
 
     @asynccontextmanager
@@ -148,12 +170,16 @@ def build_server(settings: Settings, *, transport: Literal["stdio", "http"] = "s
             preview=settings.preview,
             preview_max_bytes=settings.preview_max_bytes,
             max_download_bytes=settings.download_max_bytes,
+            # The API's own origin is trusted as the API is: a local or self-hosted API (the sandbox) just works.
+            trusted_origins=frozenset({settings.api_base_url}),
+            allow_private=settings.download_allow_private,
         )
-        async with client:
+        # Jobs holds the task group where synchronous requests outlive their calls: it lives as long as the server.
+        async with client, Jobs(client=client, poll=poll, stopping=stopping) as jobs:
             try:
                 yield AppContext(
                     settings=settings,
-                    jobs=Jobs(client=client, poll=poll),
+                    jobs=jobs,
                     delivery=delivery,
                     catalog=catalog,
                     save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
@@ -350,20 +376,24 @@ def _add_resources(server: MCPServer) -> None:
         mime_type="image/png",
     )
     async def image_resource(task_id: str, index: str, ctx: Context[AppContext]) -> bytes:
+        # ASCII digits only: "²".isdigit() is true, yet int("²") fails.
+        if not (index.isascii() and index.isdigit()):
+            raise ResourceError(f"{index[:20]!r} is not an image index: give a number from 0, like 0 or 1.")
         generation = await _task_for_resource(ctx, task_id)
         if generation.status != "SUCCESS":
             raise ResourceError(f"Task {task_id} is {generation.status}: it has no images yet.")
-        if not index.isdigit() or int(index) >= len(generation.images):
-            raise ResourceError(f"Task {task_id} has images 0 to {len(generation.images) - 1}; no image {index!r}.")
+        if len(index) > 6 or int(index) >= len(generation.images):
+            raise ResourceError(
+                f"Task {task_id} has images 0 to {len(generation.images) - 1}; no image {index[:20]!r}."
+            )
         try:
-            data, content_type = await _app(ctx).delivery.fetch(generation.images[int(index)].url)
+            return await _app(ctx).delivery.fetch_png(generation.images[int(index)].url)
         except QolabaError as exc:
             raise ResourceError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
-        return data if content_type == "image/png" else await anyio.to_thread.run_sync(as_png, data)
 
 
 async def _task_for_resource(ctx: Context[AppContext], task_id: str) -> Generation:
-    if not _TASK_ID.fullmatch(task_id):
+    if not is_safe_task_id(task_id):
         raise ResourceError(f"{task_id[:80]!r} is not a task_id.")
     app = _app(ctx)
     try:
@@ -432,6 +462,11 @@ def _client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | Non
         raise ToolError(
             "This server does not accept a Qolaba key in the X-Qolaba-Api-Key header; remove the header, or ask "
             "its operator to enable QOLABA_MCP_ALLOW_CLIENT_KEYS."
+        )
+    if not (value.isascii() and value.isprintable()):  # never echoed: it is someone's key
+        raise ToolError(
+            "The X-Qolaba-Api-Key header holds characters a Qolaba API key never has (a key is printable ASCII); "
+            "send the key exactly as the Qolaba dashboard shows it."
         )
     return SecretStr(value)
 

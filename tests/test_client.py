@@ -12,6 +12,7 @@ from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import (
     APITimeoutError,
     BadRequestError,
+    InvalidTaskIdError,
     MissingApiKeyError,
     NetworkError,
     RateLimitError,
@@ -106,8 +107,9 @@ async def test_unknown_task_is_task_not_found(qolaba_sandbox: SandboxServer) -> 
     async with client_for(qolaba_sandbox) as client:
         with pytest.raises(TaskNotFoundError):
             await client.get_task("task_missing")
-        with pytest.raises(TaskNotFoundError):
-            await client.get_task("../../_sandbox/stats")  # quoted into one path segment
+        with pytest.raises(InvalidTaskIdError):
+            await client.get_task("../../_sandbox/stats")  # refused before any request: it would change the path
+    assert qolaba_sandbox.stats()["polls"] == 1  # only task_missing reached the API
 
 
 async def test_rate_limit_carries_retry_after(qolaba_sandbox: SandboxServer) -> None:

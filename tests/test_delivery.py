@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from mcp.types import BlobResourceContents, ImageContent, ResourceLink, TextContent, TextResourceContents
 from PIL import Image
 
-from qolaba_mcp._delivery import Delivery, DownloadError, _preview, default_output_dir, safe_name
+from qolaba_mcp._delivery import Delivery, DownloadError, NoPreview, default_output_dir, make_preview, safe_name
 from qolaba_mcp._models import ImageOutput
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.sandbox._png import render_png
@@ -26,18 +27,19 @@ FOUR = {"model": "vertex/nano-banana-pro", "prompt": "four cats", "aspect_ratio"
 
 
 @pytest.mark.parametrize(
-    ("task_id", "name"),
+    ("task_id", "stem"),
     [
-        ("task_1705312200000_abc123", "task_1705312200000_abc123_0.png"),
-        ("../../etc/passwd", "______etc_passwd_0.png"),
-        ("C:\\Windows\\x:y", "C__Windows_x_y_0.png"),
-        ("chat/ünïcode", "chat__n_code_0.png"),
-        ("", "task_0.png"),
+        ("task_1705312200000_abc123", "task_1705312200000_abc123"),
+        ("../../etc/passwd", "______etc_passwd"),
+        ("C:\\Windows\\x:y", "C__Windows_x_y"),
+        ("chat/ünïcode", "chat__n_code"),
+        ("", "task"),
     ],
 )
-def test_file_names_come_only_from_task_id_and_index(task_id: str, name: str) -> None:
-    assert safe_name(task_id, 0, "image/png") == name
-    assert safe_name("t", 3, "image/jpeg") == "t_3.jpg"
+def test_file_names_come_only_from_task_id_and_index(task_id: str, stem: str) -> None:
+    name = safe_name(task_id, 0, "image/png")
+    assert re.fullmatch(rf"{stem}-[0-9a-f]{{16}}_0\.png", name), name
+    assert re.fullmatch(r"t-[0-9a-f]{16}_3\.jpg", safe_name("t", 3, "image/jpeg"))
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,7 @@ def decode(data: bytes) -> Image.Image:
 
 def test_preview_of_a_4k_png_is_a_small_jpeg() -> None:
     png = render_png(width=3840, height=2160, key="4k")
-    data, mime = _preview(png, "image/png", 25_000, "on")  # type: ignore[misc]
+    data, mime = make_preview(png, "image/png", 25_000, "on")
     assert mime == "image/jpeg" and len(data) <= 25_000
     assert decode(data).size == (512, 288)
 
@@ -73,26 +75,29 @@ def test_preview_of_a_4k_png_is_a_small_jpeg() -> None:
 def test_transparent_images_preview_as_webp() -> None:
     out = io.BytesIO()
     Image.new("RGBA", (900, 600), (10, 200, 30, 0)).save(out, format="PNG")
-    data, mime = _preview(out.getvalue(), "image/png", 20_000, "on")  # type: ignore[misc]
+    data, mime = make_preview(out.getvalue(), "image/png", 20_000, "on")
     assert mime == "image/webp" and decode(data).mode == "RGBA" and max(decode(data).size) <= 512
 
 
 def test_preview_shrinks_to_a_tight_budget_or_gives_up() -> None:
     noisy = io.BytesIO()
     Image.effect_noise((1024, 1024), 80).convert("RGB").save(noisy, format="PNG")
-    small = _preview(noisy.getvalue(), "image/png", 8_000, "on")
-    assert small is not None and len(small[0]) <= 8_000 and max(decode(small[0]).size) < 512
-    assert _preview(noisy.getvalue(), "image/png", 100, "on") is None
+    small = make_preview(noisy.getvalue(), "image/png", 8_000, "on")
+    assert len(small[0]) <= 8_000 and max(decode(small[0]).size) < 512
+    with pytest.raises(NoPreview, match="no preview fits 100 bytes"):
+        make_preview(noisy.getvalue(), "image/png", 100, "on")
 
 
 def test_full_mode_inlines_the_original_when_it_fits() -> None:
     png = render_png(width=640, height=360, key="full")
-    assert _preview(png, "image/png", len(png), "full") == (png, "image/png")
-    assert _preview(png, "image/png", len(png) - 1, "full")[1] == "image/jpeg"  # type: ignore[index]
+    assert make_preview(png, "image/png", len(png), "full") == (png, "image/png")
+    assert make_preview(png, "image/png", len(png) - 1, "full")[1] == "image/jpeg"
 
 
-def test_a_broken_image_gives_no_preview_and_no_exception() -> None:
-    assert _preview(b"\x89PNG\r\n\x1a\nnot really", "image/png", 50_000, "on") is None
+def test_a_broken_image_gives_no_preview_but_a_reason() -> None:
+    with pytest.raises(NoPreview, match="cannot decode: not a supported image") as caught:
+        make_preview(b"\x89PNG\r\n\x1a\nnot really", "image/png", 50_000, "on")
+    assert caught.value.undecodable
 
 
 @pytest.mark.anyio
@@ -105,7 +110,12 @@ async def test_fetch_rules(qolaba_sandbox: SandboxServer, tmp_path: Path) -> Non
     ).json()
     url = body["images"][0]["url"]
     async with httpx2.AsyncClient() as http:
-        delivery = Delivery(http=http, output_dir=tmp_path, max_download_bytes=2_000)
+        delivery = Delivery(
+            http=http,
+            output_dir=tmp_path,
+            max_download_bytes=2_000,
+            trusted_origins=frozenset({qolaba_sandbox.base_url}),
+        )
         with pytest.raises(DownloadError, match="cap"):
             await delivery.fetch(url)
         delivery.max_download_bytes = 10_000_000
@@ -159,7 +169,7 @@ async def test_four_image_result_within_every_budget(
     assert len(saved) == 4
     for index, path in enumerate(saved):
         file = Path(path)
-        assert file.name == f"{result.structured_content['task_id']}_{index}.png"  # type: ignore[index]
+        assert file.name == safe_name(result.structured_content["task_id"], index, "image/png")  # type: ignore[index]
         assert decode(file.read_bytes()).size == (1280, 720)
     assert str(Path(saved[0]).parent) in text
 
