@@ -27,7 +27,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --out BENCHMARKS.md
 
-# The MCP Inspector CLI (Node) against qolaba-mcp; skips, saying so, where npx is missing.
+# MCP clients and schema converters written elsewhere (MCP Inspector, TypeScript SDK current and 1.11, pydantic-ai
+# 2.x and 1.x, langchain-mcp-adapters, OpenAI Agents SDK, fastmcp, google-genai, JSON Schema 2020-12) against
+# qolaba-mcp over stdio, each pinned in its own environment under .interop/; one result line per client, exit 1 on
+# any FAIL. A registry that cannot be reached: SKIPPED, or FAIL under CI=true. See scripts/interop.sh.
 interop: $(STAMP)
 	bash scripts/interop.sh
 

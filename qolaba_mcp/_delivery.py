@@ -152,6 +152,10 @@ class Delivery:
         if self._own is not None:
             await self._own.aclose()
 
+    def trusts(self, url: str) -> bool:
+        """Whether ``url`` is on an origin trusted as the API is (the API's own)."""
+        return _fetch.origin_of(url) in self._trusted
+
     def _rules(self) -> _fetch.Rules:
         return _fetch.Rules(
             trusted=self._trusted,

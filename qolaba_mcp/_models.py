@@ -86,8 +86,8 @@ class ReferenceImage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, Field(min_length=1, max_length=4096)]
-    description: Annotated[str | None, Field(max_length=1000)] = None
+    url: Annotated[str, Field(min_length=1, max_length=4096, description="The reference image's URL.")]
+    description: Annotated[str | None, Field(max_length=1000, description="What to take from it.")] = None
 
 
 # The request's field types, kept as names so the MCP tool signature reuses them verbatim.
@@ -127,7 +127,7 @@ AspectRatio = Annotated[
     str | None,
     Field(
         pattern=r"^[1-9][0-9]?:[1-9][0-9]?$",
-        description="e.g. 16:9 (per model, see list_models).",
+        description="Width:height, like 16:9 (one of the model's aspect_ratios in list_models).",
     ),
 ]
 Quality = Annotated[
@@ -135,10 +135,12 @@ Quality = Annotated[
     Field(
         min_length=1,
         max_length=20,
-        description="Preset: 1K/2K/4K (Vertex), low/medium/high (GPT Image).",
+        description="Preset, one of the model's qualities: 1K/2K/4K (Vertex), low/medium/high (GPT Image).",
     ),
 ]
-NumImages = Annotated[int | None, Field(ge=1, le=10), NotBool]
+NumImages = Annotated[
+    int | None, Field(ge=1, le=10, description="How many images (no more than the model's max_images)."), NotBool
+]
 Seed = Annotated[
     int | None,
     Field(ge=0, le=2**63 - 1, description="For reproducible results."),

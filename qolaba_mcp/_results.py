@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import difflib
+import json
 import logging
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ._catalog import Catalog, ModelInfo
 from ._delivery import Delivered
@@ -28,6 +32,7 @@ from ._models import url_problem
 log = logging.getLogger("qolaba_mcp.results")
 
 TEXT_BUDGET = 1800  # bytes of summary text; a 4-image result must stay under 2 KB
+LEGACY_TEXT_BUDGET = 20_000  # the same, with every URL, for clients that get no resource links
 MAX_NOTES = 20  # notes kept in one result, each cut to NOTE_CHARS
 NOTE_CHARS = 300
 
@@ -49,11 +54,13 @@ class ModelList(BaseModel):
 
 
 def generation_result(
-    generation: Generation, delivered: Delivered | None, *, wait_seconds: float, max_wait: float
+    generation: Generation, delivered: Delivered | None, *, wait_seconds: float, max_wait: float, links: bool = True
 ) -> CallToolResult:
     """A short text, one resource_link (and preview, when made) per image, and the structured result.
 
     Never fails on one image: an image whose URL is unusable gets a note instead of a link, and keeps its place.
+    ``links=False`` is for clients whose protocol predates resource links (before 2025-06-18): the URLs then
+    stay in the text, which may grow to LEGACY_TEXT_BUDGET.
     """
     result = GenerationResult(**generation.model_dump())
     notes = list(generation.notes)
@@ -66,7 +73,7 @@ def generation_result(
     for index, image in enumerate(result.images):
         problem = url_problem(image.url)
         try:
-            if problem is None:
+            if problem is None and links:
                 blocks.append(
                     ResourceLink(
                         name=f"{result.task_id or 'image'}-{index}",
@@ -89,7 +96,7 @@ def generation_result(
     if len(notes) > MAX_NOTES:
         result.notes.append(f"and {len(notes) - MAX_NOTES} more notes")
     return CallToolResult(
-        content=[TextContent(text=summary(result)), *blocks],
+        content=[TextContent(text=summary(result, links=links)), *blocks],
         structured_content=result.model_dump(mode="json"),
         is_error=generation.status == "FAILED",
     )
@@ -118,8 +125,8 @@ def next_step(generation: Generation, *, wait_seconds: float, max_wait: float) -
     )
 
 
-def summary(result: GenerationResult) -> str:
-    """The result's text block, at most TEXT_BUDGET bytes whatever the API sent."""
+def summary(result: GenerationResult, *, links: bool = True) -> str:
+    """The result's text block, at most TEXT_BUDGET bytes whatever the API sent (more without links)."""
     if result.status == "FAILED":
         return clip(
             f"Generation failed (task_id {result.task_id}): {result.error}. Adjust the prompt or parameters and "
@@ -146,6 +153,8 @@ def summary(result: GenerationResult) -> str:
         size = f" ({image.width}x{image.height})" if image.width and image.height else ""
         lines.append(f"{index}. {image.url if url_problem(image.url) is None else '(no usable URL)'}{size}")
     text = "\n".join([*lines, *tail])
+    if not links:  # the text is the only place a client without resource links finds the URLs
+        return clip(text, LEGACY_TEXT_BUDGET)
     if len(text.encode()) > TEXT_BUDGET:  # long signed URLs: they are in the resource links already
         text = "\n".join([f"{head}. The image URLs are in the resource links below.", *tail])
     return clip(text, TEXT_BUDGET)
@@ -216,3 +225,66 @@ def _advice(exc: QolabaError, catalog: Catalog, model: str | None, task_id: str 
             "retry at once; check the Qolaba dashboard, or retry knowing it may be a second paid generation."
         )
     return f"{exc.message}{task}."
+
+
+# What to do about each kind of argument error, by pydantic's error type (its words, not its class names).
+_FIXES: dict[str, str] = {
+    "missing": "add it",
+    "extra_forbidden": "remove it",
+    "less_than_equal": "send {le} or less",
+    "less_than": "send less than {lt}",
+    "greater_than_equal": "send {ge} or more",
+    "greater_than": "send more than {gt}",
+    "string_too_long": "shorten it to {max_length} characters or fewer",
+    "too_long": "send at most {max_length} items",
+    "string_too_short": "send a non-empty value",
+    "too_short": "send at least one item",
+    "literal_error": "use one of the allowed values",
+    "enum": "use one of the allowed values",
+    "string_pattern_mismatch": "use the form the field's description gives",
+}
+_SHOULD = re.compile(r"^(?:Input|String|List|Value|Dictionary|Tuple|Set) should ")
+_MAX_ERRORS = 8
+
+
+def argument_errors(tool: str, exc: ValidationError, known: Iterable[str] = ()) -> str:
+    """Why a call's arguments were refused: each field, the rule it broke, what was received, and the fix."""
+    fields = sorted(known)
+    lines = []
+    for error in exc.errors(include_url=False)[:_MAX_ERRORS]:
+        where = _location(error["loc"])
+        kind = error["type"]
+        rule = _SHOULD.sub("must ", error["msg"]).replace(" after validation", "").removeprefix("Value error, ")
+        rule = rule.replace("less than or equal to", "at most").replace("greater than or equal to", "at least")
+        if kind == "missing":
+            rule = "is required"
+        elif kind == "extra_forbidden":
+            rule = "is not an argument of this tool"
+        fix = _FIXES.get(kind, "send a value of the right type" if kind.endswith(("_type", "_parsing")) else "")
+        fix = fix.format(**error.get("ctx", {})) if "{" in fix else fix
+        if kind == "extra_forbidden" and fields:
+            close = difflib.get_close_matches(where, fields, n=1)
+            fix += f" (did you mean {close[0]!r}?)" if close else f" (arguments: {', '.join(fields)})"
+        line = f"- {where}: {rule}"
+        if kind != "missing":
+            line += f"; received {_shown(error.get('input'))}"
+        lines.append(f"{line}. Fix: {fix}." if fix else f"{line}.")
+    more = len(exc.errors()) - _MAX_ERRORS
+    if more > 0:
+        lines.append(f"- and {more} more")
+    return f"Invalid arguments for {tool}:\n" + "\n".join(lines) + "\nCorrect them and call again."
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(arguments)"
+
+
+def _shown(value: object) -> str:
+    """The received value, short: a long string is cut and its length given."""
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:60]!r}… ({len(value)} characters)"
+    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:80] + "…"

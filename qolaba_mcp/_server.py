@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
 
 import anyio
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import AfterValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, AnyUrl, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from . import __version__
@@ -26,7 +28,8 @@ from ._delivery import Delivered, Delivery, default_output_dir
 from ._errors import QolabaError
 from ._jobs import Generation, Jobs, PollPolicy, ProgressFn
 from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
-from ._results import GenerationResult, ModelList, explain, generation_result, model_line
+from ._results import GenerationResult, ModelList, argument_errors, explain, generation_result, model_line
+from ._schemas import portable_input, portable_output
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -62,6 +65,24 @@ TaskId = Annotated[
 ]
 
 
+class IssuedLinks:
+    """The image URLs this process has put in results, newest kept: the http(s) links it will read back."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._urls: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, urls: Iterable[str]) -> None:
+        for url in urls:
+            self._urls[url] = None
+            self._urls.move_to_end(url)
+        while len(self._urls) > self._limit:
+            self._urls.popitem(last=False)
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._urls
+
+
 @dataclass(frozen=True, kw_only=True)
 class AppContext:
     """What the tools share for the life of the server process, built in its lifespan."""
@@ -72,8 +93,11 @@ class AppContext:
     catalog: Catalog
     save_by_default: bool
     catalog_warning: str | None = None
+    links: IssuedLinks = field(default_factory=IssuedLinks)
 
-    async def finish(self, generation: Generation, *, save: bool | None, wait_seconds: float) -> CallToolResult:
+    async def finish(
+        self, generation: Generation, *, save: bool | None, wait_seconds: float, links: bool = True
+    ) -> CallToolResult:
         """Deliver a finished generation's images (previews, files) and shape the tool result.
 
         Delivery is a courtesy on top of a paid result: if it fails outright, the result still comes back, with
@@ -89,8 +113,9 @@ class AppContext:
                 delivered = Delivered(
                     notes=[f"no previews or saved files: delivery failed ({type(exc).__name__}); the URLs stand"]
                 )
+        self.links.add(image.url for image in generation.images)
         return generation_result(
-            generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds
+            generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds, links=links
         )
 
 
@@ -114,7 +139,7 @@ def _set_signature(tool: Callable[..., Any], params: list[inspect.Parameter], re
 
 def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
     return FieldInfo.from_annotated_attribute(
-        Annotated[float, NotBool],  # type: ignore[arg-type]
+        Annotated[float | None, NotBool],  # type: ignore[arg-type]
         Field(
             default=min(default, settings.max_wait_seconds),
             ge=0,
@@ -124,8 +149,13 @@ def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
     )
 
 
+def _given(value: Any, default: Any) -> Any:
+    """An optional argument's value: ``null`` means "not given" for every input (strict-mode callers send it)."""
+    return default if value is None else value
+
+
 _MODE = FieldInfo.from_annotated_attribute(
-    Literal["async", "sync"],  # type: ignore[arg-type]
+    Literal["async", "sync"] | None,  # type: ignore[arg-type]
     Field(
         default="async",
         description="async: submit, then poll with progress. sync: one blocking request (fast models).",
@@ -140,6 +170,29 @@ _SAVE = FieldInfo.from_annotated_attribute(
         description="Save the images on this machine and return their paths (default: on for stdio).",
     ),
 )
+
+
+class QolabaServer(MCPServer):
+    """MCPServer with argument errors written for the model and the image links of our results readable."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            tool = self._tool_manager.get_tool(name)
+            known = list(tool.parameters.get("properties", {})) if tool is not None else []
+            raise ToolError(argument_errors(name, exc.__cause__, known)) from exc.__cause__
+
+    async def read_resource(self, uri: AnyUrl | str, context: Context[Any, Any] | None = None) -> Any:
+        """Our resource templates, and the http(s) image URLs our results link to (fetched under the caps)."""
+        text = str(uri)
+        if context is not None and text[:8].lower().startswith(("http://", "https://")):
+            return await _read_image_link(text, context)
+        return await super().read_resource(uri, context)
 
 
 def build_server(
@@ -188,7 +241,7 @@ def build_server(
             finally:
                 await delivery.aclose()
 
-    server = MCPServer(
+    server = QolabaServer(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
@@ -198,40 +251,6 @@ def build_server(
     )
     _add_resources(server)
     return server
-
-
-def _compact(schema: Any, *, output: bool = False) -> Any:
-    """A JSON schema without pydantic's noise, so tools/list stays small (it is sent with every conversation).
-
-    Drops titles and null defaults; an optional input is described by its real type (omitting it is how a
-    caller says "none"); output schemas also lose descriptions, which the tool descriptions already cover.
-    """
-    if isinstance(schema, list):
-        return [_compact(item, output=output) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    noise = {"title", "description", "additionalProperties", "default"} if output else {"title"}
-    out = {k: _compact(v, output=output) for k, v in schema.items() if not (k in noise and not isinstance(v, dict))}
-    if output:
-        out.pop("$defs", None)
-        out.pop("additionalProperties", None)
-        if "$ref" in out:  # nested shapes are named in the tool's description; the schema stays one level deep
-            del out["$ref"]
-            out["type"] = "object"
-    if out.get("default", ...) is None:
-        del out["default"]
-    variants = out.get("anyOf")
-    if isinstance(variants, list) and len(variants) == 2 and {"type": "null"} in variants:
-        other = next(v for v in variants if v != {"type": "null"})
-        if not output:
-            del out["anyOf"]
-            out = {**other, **out}
-        else:
-            del out["anyOf"]
-            out = {**other, **out, "type": [other.get("type", "object"), "null"]}
-    if isinstance(schema.get("properties"), dict):  # a property may be called "title" or "description"
-        out["properties"] = {name: _compact(sub, output=output) for name, sub in schema["properties"].items()}
-    return out
 
 
 def _tool(fn: Callable[..., Any], *, title: str, description: str, read_only: bool, open_world: bool) -> Tool:
@@ -250,9 +269,9 @@ def _strict(tool: Tool) -> Tool:
         type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid"), "__module__": __name__}),
     )
     tool.fn_metadata.arg_model = strict
-    tool.parameters = _compact(strict.model_json_schema(by_alias=True))
+    tool.parameters = portable_input(strict.model_json_schema(by_alias=True))
     if tool.fn_metadata.output_schema is not None:
-        tool.fn_metadata.output_schema = _compact(tool.fn_metadata.output_schema, output=True)
+        tool.fn_metadata.output_schema = portable_output(tool.fn_metadata.output_schema)
     return tool
 
 
@@ -261,8 +280,8 @@ def _generate_image_tool(settings: Settings) -> Tool:
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
         app = _app(ctx)
-        mode = arguments.pop("mode", _MODE.default)
-        wait_seconds = float(arguments.pop("wait_seconds", wait.default))
+        mode = _given(arguments.pop("mode", None), _MODE.default)
+        wait_seconds = float(_given(arguments.pop("wait_seconds", None), wait.default))
         save = arguments.pop("save", None)
         request = GenerateRequest(**arguments, celery=mode == "async")
         generation = await _run(
@@ -270,7 +289,7 @@ def _generate_image_tool(settings: Settings) -> Tool:
             lambda report, key: app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key),
             model=request.model,
         )
-        return await app.finish(generation, save=save, wait_seconds=wait_seconds)
+        return await app.finish(generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx))
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
     _set_signature(
@@ -297,15 +316,16 @@ def _get_task_tool(settings: Settings) -> Tool:
     wait = _wait_seconds(settings, 0)
 
     async def get_task(
-        ctx: Context[AppContext], task_id: str, wait_seconds: float = 0, save: bool | None = None
+        ctx: Context[AppContext], task_id: str, wait_seconds: float | None = None, save: bool | None = None
     ) -> CallToolResult:
         app = _app(ctx)
+        wait_for = float(_given(wait_seconds, wait.default))
         generation = await _run(
             ctx,
-            lambda report, key: app.jobs.get_task(task_id, wait_seconds=wait_seconds, on_progress=report, api_key=key),
+            lambda report, key: app.jobs.get_task(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
             task_id=task_id,
         )
-        return await app.finish(generation, save=save, wait_seconds=wait_seconds)
+        return await app.finish(generation, save=save, wait_seconds=wait_for, links=_links_allowed(ctx))
 
     _set_signature(
         get_task,
@@ -340,7 +360,7 @@ def _list_models_tool() -> Tool:
 
     capability = FieldInfo.from_annotated_attribute(
         Capability | None,  # type: ignore[arg-type]
-        Field(default=None),
+        Field(default=None, description="List only the models with this capability"),
     )
     _set_signature(list_models, [_keyword("capability", capability)], Annotated[CallToolResult, ModelList])
     return _tool(
@@ -390,6 +410,27 @@ def _add_resources(server: MCPServer) -> None:
             return await _app(ctx).delivery.fetch_png(generation.images[int(index)].url)
         except QolabaError as exc:
             raise ResourceError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
+
+
+async def _read_image_link(url: str, ctx: Context[AppContext]) -> list[ReadResourceContents]:
+    """The bytes behind an image link from one of our results: never an open fetcher for other URLs."""
+    app = _app(ctx)
+    if url not in app.links and not app.delivery.trusts(url):
+        raise ResourceNotFoundError(
+            f"{url[:200]} is not an image link this server returned (links are readable by the server that "
+            "returned them); read qolaba://images/{task_id}/{index} instead."
+        )
+    try:
+        data, kind = await app.delivery.fetch(url)
+    except QolabaError as exc:
+        raise ResourceError(f"Could not fetch {url[:200]}: {exc.message}") from exc
+    return [ReadResourceContents(content=data, mime_type=kind)]
+
+
+def _links_allowed(ctx: Context[AppContext]) -> bool:
+    """Whether the client's protocol has resource_link content (from 2025-06-18 on; versions are dates)."""
+    version = ctx.protocol_version
+    return version is None or version >= "2025-06-18"
 
 
 async def _task_for_resource(ctx: Context[AppContext], task_id: str) -> Generation:

@@ -1,47 +1,236 @@
 #!/usr/bin/env bash
-# Interop with a client written elsewhere: the MCP Inspector CLI (Node) lists the tools and generates an image
-# through qolaba-mcp running its in-process sandbox. Fails on any error; skips, saying so, where npx is missing.
-set -euo pipefail
+# Interop gate: MCP clients and schema converters written elsewhere drive `qolaba-mcp --sandbox` over stdio, each
+# pinned and installed in its own environment under .interop/ (ignored by git), one script per client in
+# scripts/interop/. Each lists the tools, calls list_models and generate_image, and reads back every resource_link
+# it was given; see scripts/interop/*.{py,mjs,sh} for what each one checks.
+#
+#   bash scripts/interop.sh        install what is missing or changed, run every client, print one line per client
+#   bash scripts/interop.sh lock   re-lock scripts/interop/requirements/*.txt from the pins in *.in
+#
+# Exits 1 when any client FAILs, after all have run. A package registry that cannot be reached is said so plainly:
+# SKIPPED for the clients it would have installed, or FAIL when CI=true. Without node/npm the Node clients are
+# SKIPPED. INTEROP_SERVER overrides the server command (default: .venv/bin/qolaba-mcp --sandbox); INTEROP_JOBS the
+# number of clients run at once (default 3: they mostly wait on the server).
+set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
+HERE=scripts/interop
+# shellcheck source=interop/versions.env
+. "$HERE/versions.env"
 
-# 1.0.3 is the newest Inspector whose CLI runs on Node 20 (later ones require Node 22).
-INSPECTOR_VERSION="${INSPECTOR_VERSION:-1.0.3}"
-PREFIX=".interop"
-SERVER=(.venv/bin/qolaba-mcp --sandbox)
-
-if ! command -v npx >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "interop: SKIPPED - npx/npm not found on this machine, so the MCP Inspector cannot run"
-    exit 0
-fi
-if [ ! -x "$PREFIX/node_modules/.bin/mcp-inspector" ]; then
-    echo "interop: installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION into $PREFIX/"
-    for attempt in 1 2 3; do
-        npm install --silent --no-audit --no-fund --prefix "$PREFIX" \
-            "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >"$PREFIX.install.log" 2>&1 && break
-        echo "interop: npm install failed (attempt $attempt of 3)"
-        sleep $((attempt * 5))
-    done
-    if [ ! -x "$PREFIX/node_modules/.bin/mcp-inspector" ]; then
-        # The package registry, not our code, failed: say so plainly rather than pass or fail silently.
-        tail -20 "$PREFIX.install.log"
-        echo "interop: SKIPPED - the MCP Inspector could not be installed from the npm registry (log above)"
-        exit 0
-    fi
-fi
-inspector="$PREFIX/node_modules/.bin/mcp-inspector"
-# The installed CLI prints a deprecation banner; the JSON follows it.
+STATE=.interop
+LOGS=$STATE/logs
+STATUS=$STATE/status
+JOBS=${INTEROP_JOBS:-3}
+CLIENT_TIMEOUT=${INTEROP_CLIENT_TIMEOUT:-240}
+read -r -a SERVER <<<"${INTEROP_SERVER:-$ROOT/.venv/bin/qolaba-mcp --sandbox}"
+PY_ENVS=(pydantic-ai pydantic-ai-1 langchain openai-agents fastmcp converters)
 export QOLABA_SAVE=off
 
-listed=$(timeout 120 "$inspector" --cli "${SERVER[@]}" --method tools/list)
-for tool in generate_image get_task list_models; do
-    grep -q "\"name\": \"$tool\"" <<<"$listed" || { echo "interop: tools/list lacks $tool"; echo "$listed"; exit 1; }
-done
-echo "interop: tools/list OK (generate_image, get_task, list_models)"
+# uv: its cache lives with the environments; it uses the system's CA store as pip does, never downloads a Python,
+# and takes pip's primary index when one is configured. pip's extra indexes (local mirrors) are left out on purpose:
+# uv takes a package from the first index that has it, and a local mirror's older releases would shadow the pins.
+export UV_CACHE_DIR=$ROOT/$STATE/uv-cache UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
+primary_index=${PIP_INDEX_URL:-$(python3 -m pip config get global.index-url 2>/dev/null || true)}
+[ -n "$primary_index" ] && export UV_DEFAULT_INDEX=$primary_index
+PYPI_SIMPLE=${primary_index:-https://pypi.org/simple}
 
-called=$(timeout 120 "$inspector" --cli "${SERVER[@]}" --method tools/call --tool-name generate_image \
-    --tool-arg model=vertex/nano-banana-flash --tool-arg "prompt=A cat on the Eiffel Tower" \
-    --tool-arg aspect_ratio=16:9)
-grep -q '"status": "SUCCESS"' <<<"$called" || { echo "interop: generate_image did not succeed"; echo "$called"; exit 1; }
-grep -q '"type": "resource_link"' <<<"$called" || { echo "interop: no resource_link in the result"; exit 1; }
-grep -q '"isError": true' <<<"$called" && { echo "interop: the call was an error"; echo "$called" | head -40; exit 1; }
-echo "interop: tools/call generate_image OK (SUCCESS with resource links, via MCP Inspector $INSPECTOR_VERSION)"
+in_ci() { [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; }
+now() { date +%s; }
+say() { echo "interop: $*"; }
+
+# ---- installs, each cached by a stamp keyed on its pins --------------------------------------------------------------
+
+stamp_ok() { [ -f "$1/.interop-stamp" ] && [ "$(cat "$1/.interop-stamp")" = "$2" ]; }
+
+# Each registry is asked once it is needed (a stamp is stale), and again after a failed attempt: a registry that
+# cannot be reached ends the install at once (npm alone would spend minutes retrying), a registry that answers
+# makes the failure the install's own (a bad pin, a broken package), with its log.
+npm_reachable() { timeout 30 npm ping --fetch-retries=0 >/dev/null 2>&1; }
+pypi_reachable() {
+    timeout 30 python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/uv/", timeout=20)' \
+        "$PYPI_SIMPLE" >/dev/null 2>&1
+}
+unreachable() { echo "unreachable the $2 registry could not be reached" >"$STATUS/$1"; }
+
+# try_install ENV REGISTRY REACHABLE LOG COMMAND...: up to 3 attempts; records ok, unreachable or failed.
+try_install() {
+    local env=$1 registry=$2 reachable=$3 log=$4 attempt
+    shift 4
+    "$reachable" || { unreachable "$env" "$registry"; return 1; }
+    for attempt in 1 2 3; do
+        if "$@" >>"$log" 2>&1; then echo ok >"$STATUS/$env"; return 0; fi
+        echo "interop: attempt $attempt of 3 failed: $*" >>"$log"
+        "$reachable" || { unreachable "$env" "$registry"; return 1; }
+        [ $attempt -lt 3 ] && sleep $((attempt * 5))
+    done
+    local last
+    last=$(grep -v -e '^interop: ' -e '^\s*$' "$log" | grep -i -m1 -e error -e 'no solution' -e 'not found' | cut -c1-200)
+    echo "failed install failed although the $registry registry answers: ${last:-see $log} (log: $log)" >"$STATUS/$env"
+    return 1
+}
+
+npm_install() { # prefix, spec, file that must exist after
+    npm install --no-audit --no-fund --loglevel=error --prefix "$1" "$2" && [ -e "$1/$3" ]
+}
+
+install_npm() { # env, package@version, file that must exist after
+    local env=$1 spec=$2 prefix=$STATE/$1 key
+    key="$spec node $(node --version)"
+    if stamp_ok "$prefix" "$key" && [ -e "$prefix/$3" ]; then echo ok >"$STATUS/$env"; return; fi
+    rm -rf "$prefix" && mkdir -p "$prefix"
+    try_install "$env" npm npm_reachable "$LOGS/install-$env.log" npm_install "$prefix" "$spec" "$3" &&
+        echo "$key" >"$prefix/.interop-stamp"
+}
+
+install_uv() { # into a venv of its own, with pip (and so pip's configuration)
+    local prefix=$STATE/uv key
+    key="uv==$UV_VERSION $(python3 -V 2>&1)"
+    if stamp_ok "$prefix" "$key" && [ -x "$prefix/bin/uv" ]; then echo ok >"$STATUS/uv"; return 0; fi
+    rm -rf "$prefix"
+    if ! python3 -m venv "$prefix" >>"$LOGS/install-uv.log" 2>&1; then
+        echo "failed python3 -m venv failed (see $LOGS/install-uv.log)" >"$STATUS/uv"
+        return 1
+    fi
+    try_install uv PyPI pypi_reachable "$LOGS/install-uv.log" \
+        "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" &&
+        echo "$key" >"$prefix/.interop-stamp"
+}
+
+install_py() { # env: a venv holding exactly requirements/<env>.txt
+    local env=$1 prefix=$STATE/$1 lock=$HERE/requirements/$1.txt key
+    key="$(sha256sum "$lock" | cut -c1-64) uv==$UV_VERSION $(python3 -V 2>&1)"
+    if stamp_ok "$prefix" "$key" && [ -x "$prefix/bin/python" ]; then echo ok >"$STATUS/$env"; return; fi
+    rm -rf "$prefix"
+    python3 -m venv --without-pip "$prefix" >>"$LOGS/install-$env.log" 2>&1
+    try_install "$env" PyPI pypi_reachable "$LOGS/install-$env.log" \
+        "$STATE/uv/bin/uv" pip sync --quiet --python "$prefix/bin/python" "$lock" &&
+        echo "$key" >"$prefix/.interop-stamp"
+}
+
+install_python_envs() {
+    if ! install_uv; then # every Python client needs uv: they fail (or skip) for its reason
+        local env
+        for env in "${PY_ENVS[@]}"; do cp "$STATUS/uv" "$STATUS/$env"; done
+        return
+    fi
+    local env
+    for env in "${PY_ENVS[@]}"; do install_py "$env" & done
+    wait
+}
+
+relock() {
+    mkdir -p "$LOGS" "$STATUS"
+    install_uv || { say "could not install uv==$UV_VERSION: $(cut -d' ' -f2- "$STATUS/uv")"; exit 1; }
+    local in
+    for in in "$HERE"/requirements/*.in; do
+        "$STATE/uv/bin/uv" pip compile --quiet --python-version 3.11 --universal "$in" -o "${in%.in}.txt" || exit 1
+        say "locked ${in%.in}.txt"
+    done
+}
+
+if [ "${1:-}" = "lock" ]; then relock; exit 0; fi
+
+# ---- run ----------------------------------------------------------------------------------------------------------
+
+started=$(now)
+rm -rf "$LOGS" "$STATUS"
+mkdir -p "$LOGS" "$STATUS" "$STATE/results"
+rm -f "$STATE"/results/*
+# The Inspector used to be installed in .interop/ itself; it now has its own environment like every client.
+rm -rf "$STATE/node_modules" "$STATE/package.json" "$STATE/package-lock.json"
+
+have_node=1
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || have_node=0
+say "installing what is missing or changed under $STATE/ (logs in $LOGS/)"
+if [ $have_node = 1 ]; then
+    install_npm inspector "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" node_modules/.bin/mcp-inspector &
+    install_npm ts-sdk "@modelcontextprotocol/sdk@$TS_SDK_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
+    install_npm ts-sdk-1.11 "@modelcontextprotocol/sdk@$TS_SDK_LEGACY_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
+else
+    for env in inspector ts-sdk ts-sdk-1.11; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
+fi
+install_python_envs &
+wait
+installed=$(now)
+say "installs ready in $((installed - started)) s"
+
+# The version a requirements/<env>.in pins for a package, for the table.
+pin() { sed -nE "s/^$2(\[[^]]*\])?==([^ ;#]+).*/\2/p" "$HERE/requirements/$1.in" | head -1; }
+
+# One row per client: name | version shown | environment | command (from the repository root; the server follows).
+ROWS=(
+    "mcp-inspector|@modelcontextprotocol/inspector $INSPECTOR_VERSION|inspector|bash $HERE/inspector_client.sh $STATE/inspector"
+    "ts-sdk|@modelcontextprotocol/sdk $TS_SDK_VERSION|ts-sdk|node $HERE/ts_client.mjs $STATE/ts-sdk"
+    "ts-sdk-1.11|@modelcontextprotocol/sdk $TS_SDK_LEGACY_VERSION|ts-sdk-1.11|node $HERE/ts_client.mjs $STATE/ts-sdk-1.11"
+    "pydantic-ai|pydantic-ai-slim $(pin pydantic-ai pydantic-ai-slim)|pydantic-ai|$STATE/pydantic-ai/bin/python $HERE/pydantic_ai_client.py"
+    "pydantic-ai-1|pydantic-ai-slim $(pin pydantic-ai-1 pydantic-ai-slim)|pydantic-ai-1|$STATE/pydantic-ai-1/bin/python $HERE/pydantic_ai_client.py"
+    "langchain|langchain-mcp-adapters $(pin langchain langchain-mcp-adapters)|langchain|$STATE/langchain/bin/python $HERE/langchain_client.py"
+    "openai-agents|openai-agents $(pin openai-agents openai-agents)|openai-agents|$STATE/openai-agents/bin/python $HERE/openai_agents_client.py"
+    "strict-fill|openai-agents $(pin openai-agents openai-agents), jsonschema $(pin openai-agents jsonschema)|openai-agents|$STATE/openai-agents/bin/python $HERE/strict_fill_client.py"
+    "fastmcp|fastmcp $(pin fastmcp fastmcp)|fastmcp|$STATE/fastmcp/bin/python $HERE/fastmcp_client.py"
+    "google-genai|google-genai $(pin converters google-genai)|converters|$STATE/converters/bin/python $HERE/schema_converters.py google-genai"
+    "json-schema|jsonschema $(pin converters jsonschema) (2020-12)|converters|$STATE/converters/bin/python $HERE/schema_converters.py json-schema"
+)
+
+# A result file per client: name TAB version TAB seconds TAB OK|FAIL|SKIPPED TAB detail.
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${took:--}" "$3" "$4" >"$STATE/results/$1"; }
+
+run_client() { # name, version, command...
+    local name=$1 version=$2 log=$LOGS/$1.log t0 rc line
+    shift 2
+    t0=$(now)
+    timeout --kill-after=10 "$CLIENT_TIMEOUT" "$@" "${SERVER[@]}" </dev/null >"$log" 2>&1
+    rc=$?
+    line=$(grep -E '^(OK|FAIL): ' "$log" | tail -1)
+    local took="$(($(now) - t0))s"
+    if [ $rc -eq 0 ] && [[ $line == OK:* ]]; then
+        record "$name" "$version" OK "${line#OK: }"
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        record "$name" "$version" FAIL "timed out after ${CLIENT_TIMEOUT} s; last output: $(grep -v '^\s*$' "$log" | tail -1 | cut -c1-200)"
+    elif [[ $line == FAIL:* ]]; then
+        record "$name" "$version" FAIL "${line#FAIL: }"
+    else
+        record "$name" "$version" FAIL "exited $rc without a verdict; last output: $(grep -v '^\s*$' "$log" | tail -1 | cut -c1-300)"
+    fi
+}
+
+# The server must start at all, or every client would fail with a closed connection and no reason.
+if ! timeout 60 "${SERVER[@]}" </dev/null >/dev/null 2>"$LOGS/server-preflight.log"; then
+    say "FAIL - the server does not start: $(grep -v '^\s*$' "$LOGS/server-preflight.log" | tail -1)"
+    say "(${SERVER[*]}; full output in $LOGS/server-preflight.log)"
+    exit 1
+fi
+
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r name version env command <<<"$row"
+    read -r state reason <"$STATUS/$env" 2>/dev/null || { state=failed; reason="its install recorded no result (see $LOGS/)"; }
+    case $state in
+        ok) ;;
+        unreachable)
+            if in_ci; then record "$name" "$version" FAIL "$reason (CI=true: a failure, not a skip)"
+            else record "$name" "$version" SKIPPED "$reason"; fi
+            continue ;;
+        nonode) record "$name" "$version" SKIPPED "$reason"; continue ;;
+        *) record "$name" "$version" FAIL "$reason"; continue ;;
+    esac
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    read -r -a argv <<<"$command"
+    run_client "$name" "$version" "${argv[@]}" &
+done
+wait
+
+say "$(printf '%-14s %-42s %5s  %s' client version time result)"
+failed=0
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r name _ <<<"$row"
+    IFS=$'\t' read -r name version seconds result detail <"$STATE/results/$name"
+    [ "$result" = FAIL ] && failed=1
+    say "$(printf '%-14s %-42s %5s  %s' "$name" "$version" "$seconds" "$result - $detail")"
+done
+say "total $(($(now) - started)) s (installs $((installed - started)) s); per-client logs in $LOGS/"
+if [ $failed = 1 ]; then
+    say "FAIL - at least one client is incompatible with qolaba-mcp (reasons above)"
+    exit 1
+fi
+say "OK"
