@@ -19,11 +19,14 @@ import math
 import os
 import platform
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -87,7 +90,15 @@ def median(values: Sequence[float]) -> float:
     return pct(values, 0.5)
 
 
-def server_env(base_url: str, *, output_dir: str | None = None) -> dict[str, str]:
+# Where the servers keep their ledger: a file of this run's own (never the user's history); "off" for the floor.
+LEDGER_DIR = Path(tempfile.mkdtemp(prefix="qolaba-bench-ledger-"))
+
+
+def ledger_file(name: str) -> str:
+    return f"sqlite:///{LEDGER_DIR / name}.db"
+
+
+def server_env(base_url: str, *, output_dir: str | None = None, ledger: str = "off") -> dict[str, str]:
     """One environment for every server: no inherited QOLABA_* settings, files and previews off.
 
     With ``output_dir`` the image settings stay at their defaults (previews on; stdio saves files) and files go
@@ -105,6 +116,7 @@ def server_env(base_url: str, *, output_dir: str | None = None) -> dict[str, str
         QOLABA_SAVE="off",
         QOLABA_PREVIEW="off",
         QOLABA_MAX_WAIT_SECONDS=str(WAIT_SECONDS),
+        QOLABA_LEDGER_URL=ledger,
     )
     if output_dir is not None:
         del env["QOLABA_SAVE"], env["QOLABA_PREVIEW"]
@@ -112,8 +124,8 @@ def server_env(base_url: str, *, output_dir: str | None = None) -> dict[str, str
     return env
 
 
-def qolaba_params(base_url: str, *, output_dir: str | None = None) -> StdioServerParameters:
-    env = server_env(base_url, output_dir=output_dir)
+def qolaba_params(base_url: str, *, output_dir: str | None = None, ledger: str = "off") -> StdioServerParameters:
+    env = server_env(base_url, output_dir=output_dir, ledger=ledger)
     return StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
 
 
@@ -230,18 +242,23 @@ async def sync_generations(plan: Plan, base_url: str) -> dict[str, list[float]]:
     body = {"model": MODEL, "prompt": "bench", "celery": False}
     async with (
         Client(qolaba_params(base_url)) as qolaba,
+        Client(qolaba_params(base_url, ledger=ledger_file("sync"))) as recorded,
         httpx2.AsyncClient(base_url=base_url, headers={"X-API-Key": "bench"}, timeout=30) as http,
     ):
 
-        async def via_mcp() -> None:
-            data = check(await qolaba.call_tool("generate_image", arguments), "sync generate_image")
-            if data.get("status") != "SUCCESS":
-                raise RuntimeError(f"sync generate_image ended {data.get('status')}")
+        def via(client: Client) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                data = check(await client.call_tool("generate_image", arguments), "sync generate_image")
+                if data.get("status") != "SUCCESS":
+                    raise RuntimeError(f"sync generate_image ended {data.get('status')}")
+
+            return call
 
         async def direct() -> None:
             (await http.post(GENERATE_PATH, json=body)).raise_for_status()
 
-        return await interleaved({"qolaba-mcp": via_mcp, "direct": direct}, plan.sync_calls, warmup=3)
+        calls = {"qolaba-mcp": via(qolaba), "ledger on": via(recorded), "direct": direct}
+        return await interleaved(calls, plan.sync_calls, warmup=3)
 
 
 # --- scenario 4 and 5: async generations ----------------------------------------------------------------------
@@ -277,10 +294,11 @@ async def async_call(
         notifications += 1
 
     started = time.time()
+    prompt = f"bench {uuid.uuid4().hex[:12]}"  # each call its own request: identical ones would join, not generate
     try:
         result = await client.call_tool(
             "generate_image",
-            {"model": MODEL, "prompt": "bench", "wait_seconds": WAIT_SECONDS, **(extra or {})},
+            {"model": MODEL, "prompt": prompt, "wait_seconds": WAIT_SECONDS, **(extra or {})},
             progress_callback=on_progress,
         )
     except Exception as exc:  # reported in the table's details, never raised
@@ -315,6 +333,7 @@ class Batch:
     peak_rss_kb: int | None = None
     num_images: int = 1
     defaults: bool = False  # previews on and files saved, rather than both off
+    recorded: int | None = None  # ledger rows that ended "succeeded" (defaults only: the ledger is on)
 
     @property
     def ok(self) -> list[AsyncCall]:
@@ -332,17 +351,27 @@ async def batch(
 ) -> Batch:
     """n concurrent generate_image calls through one server process, against a sandbox of its own.
 
-    ``defaults``: the server keeps its default image settings (previews on, files saved, in a throwaway folder).
+    ``defaults``: the server keeps its default settings (previews on, files saved in a throwaway folder, the ledger
+    on in a file of this run's).
     """
     calls: list[AsyncCall] = []
     extra = {} if num_images is None else {"num_images": num_images}
     with SandboxServer(SandboxConfig(latency=latency)) as sandbox, tempfile.TemporaryDirectory() as folder:
-        async with Client(qolaba_params(sandbox.base_url, output_dir=folder if defaults else None)) as client:
+        params = qolaba_params(
+            sandbox.base_url,
+            output_dir=folder if defaults else None,
+            ledger=ledger_file(f"crowd-{time.time_ns()}") if defaults else "off",
+        )
+        async with Client(params) as client:
             async with anyio.create_task_group() as group:
                 for _ in range(n):
                     group.start_soon(async_call, client, sandbox, calls, extra)
             peak = memory_kb(child_pid(QOLABA_MARKER), "VmHWM") if measure_memory else None
-    return Batch(latency, calls, peak, num_images or 1, defaults)
+    recorded = None
+    if defaults:  # every write landed (a "database is locked" would leave a row behind)
+        with closing(sqlite3.connect(params.env["QOLABA_LEDGER_URL"].removeprefix("sqlite:///"))) as db:  # type: ignore[index]
+            recorded = db.execute("SELECT count(*) FROM generations WHERE state = 'succeeded'").fetchone()[0]
+    return Batch(latency, calls, peak, num_images or 1, defaults, recorded)
 
 
 async def completion_lag(plan: Plan) -> list[Batch]:
@@ -477,6 +506,12 @@ def build_rows(res: Results) -> list[Row]:
                     "info",
                 )
             )
+        on, off = pct(res.sync["ledger on"], 0.5), pct(sync_q, 0.5)
+        extra = (on - off) * 1000
+        rows.append(
+            Row("sync generate_image p50, ledger on vs off", ms(on), ms(off), f"{on / off:.2f}x",
+                "<= +2 ms", f"{verdict(extra <= 2)} ({extra:+.1f} ms)")
+        )  # fmt: skip
 
     for b in res.lag or []:
         lags = b.lags()
@@ -552,6 +587,20 @@ def crowd_rows(crowd: Batch) -> list[Row]:
             "-",
             f"<= {limit_mb} MB",
             verdict(0 < peak <= limit_mb * 1024),
+        ),
+        *(
+            [
+                Row(
+                    f"{label}: ledger rows succeeded",
+                    f"{crowd.recorded}/{n}",
+                    "-",
+                    "-",
+                    "all (no 'database is locked')",
+                    verdict(crowd.recorded == n),
+                )
+            ]
+            if crowd.recorded is not None
+            else []
         ),
     ]
 

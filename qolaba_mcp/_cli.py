@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the real Qolaba API (needs QOLABA_API_KEY) instead of a sandbox",
     )
     demo.add_argument("--out", default="out", help="folder for the PNGs (default: ./out)")
+
+    history = commands.add_parser(
+        "history",
+        help="print recent generations from the ledger, and where their files are",
+        description="Print the newest generations in the ledger (QOLABA_LEDGER_URL), newest first, with the "
+        "files saved for each.",
+    )
+    history.add_argument("--search", default=None, metavar="TEXT", help="only generations whose prompt matches")
+    history.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default: 20, at most 200)")
     return parser
 
 
@@ -142,7 +151,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import run_demo
 
         return run_demo(live=args.live, out=args.out)
+    if args.command == "history":
+        return _history(search=args.search, limit=args.limit)
     return _serve(args)
+
+
+def _history(*, search: str | None, limit: int) -> int:
+    import anyio
+
+    from ._config import Settings, SettingsError
+    from ._server import history_table
+
+    try:
+        settings = Settings.from_env()
+        print(anyio.run(history_table, settings, search, max(1, min(limit, 200))))
+    except (SettingsError, ValueError) as exc:
+        print(f"qolaba-mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -172,6 +198,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         sandbox = SandboxServer().start()
         updates.update(api_base_url=sandbox.base_url, api_key=SecretStr("sandbox"))
+        if settings.ledger_url is None:  # a throwaway API gets a throwaway ledger: the user's history stays theirs
+            updates["ledger_url"] = "sqlite:///:memory:"
         logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
     settings = settings.model_copy(update=updates)
     # Set as the HTTP server starts to stop, so that calls still waiting return their task_id at once.

@@ -85,6 +85,18 @@ class Settings(BaseModel):
         description="Download images from loopback, private and other non-public addresses "
         "(the API's own origin always is).",
     )
+    ledger_url: str | None = Field(
+        default=None,
+        description="Where the generation ledger lives: sqlite:///<path> (default: ledger.db in the per-user data "
+        "folder), sqlite:///:memory:, postgresql://user@host/db (shared by replicas), or off.",
+    )
+    join_window_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        le=86_400,
+        description="A generate_image call identical to one made within this many seconds, still running or "
+        "not yet delivered, joins it instead of paying again (0 turns joining off).",
+    )
     mcp_auth_token: SecretStr | None = Field(
         default=None,
         description="HTTP transport: the bearer token every request must carry (required off loopback).",

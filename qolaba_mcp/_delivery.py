@@ -71,7 +71,7 @@ class NoPreview(Exception):
         self.undecodable = undecodable
 
 
-def default_output_dir() -> Path:
+def default_data_dir() -> Path:
     """A per-user data folder: %LOCALAPPDATA% on Windows, Application Support on macOS, XDG elsewhere."""
     home = Path.home()
     if sys.platform == "win32":
@@ -80,7 +80,12 @@ def default_output_dir() -> Path:
         base = home / "Library" / "Application Support"
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "qolaba-mcp" / "images"
+    return base / "qolaba-mcp"
+
+
+def default_output_dir() -> Path:
+    """Where saved images go by default: ``images`` in the per-user data folder."""
+    return default_data_dir() / "images"
 
 
 def safe_name(task_id: str, index: int, content_type: str) -> str:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import anyio
 import anyio.abc
@@ -32,12 +32,16 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, TaskStatus, Usage
+from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, Usage
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 """Receives (progress, total or None, message); progress strictly increases within one call."""
+SubmittedFn = Callable[[str], Awaitable[None]]
+"""Receives the task id as soon as a submission has one (the API's, or a ``sync-`` id), before any wait."""
+SettledFn = Callable[["Generation | QolabaError"], Awaitable[None]]
+"""Receives a synchronous request's outcome when it settles, even after the call that started it has returned."""
 
 # Failures of a single poll that say nothing about the task: try again while the budget lasts.
 _TRANSIENT = (RateLimitError, ServerError, NetworkError, ResponseFormatError)
@@ -59,7 +63,9 @@ class Generation(BaseModel):
     """What a generation looks like to the caller after submitting and/or waiting."""
 
     task_id: str | None = Field(description="The Qolaba task id; pass it to get_task.")
-    status: TaskStatus
+    status: Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "UNKNOWN"] = Field(
+        description="UNKNOWN: submitted, but whether a task exists was never learnt (check before retrying)."
+    )
     model: str | None = None
     prompt: str | None = None
     seed: int | None = None
@@ -181,6 +187,7 @@ class _SyncRequest:
     done: anyio.Event = field(default_factory=anyio.Event)
     outcome: GenerateResult | TaskCreated | QolabaError | None = None
     finished: float | None = None
+    on_settled: SettledFn | None = None
 
 
 class Jobs:
@@ -228,10 +235,13 @@ class Jobs:
         wait_seconds: float,
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
+        on_submitted: SubmittedFn | None = None,
+        on_settled: SettledFn | None = None,
     ) -> Generation:
         """Submit once (sync or async, per ``request.celery``), then wait up to ``wait_seconds`` for the result.
 
-        A synchronous request still running when the wait ends comes back PENDING under a ``sync-`` task id.
+        A synchronous request still running when the wait ends comes back PENDING under a ``sync-`` task id;
+        ``on_settled`` then hears its outcome when it arrives. ``on_submitted`` hears each task id before the wait.
         """
         started = time.monotonic()
         deadline = started + wait_seconds
@@ -244,6 +254,9 @@ class Jobs:
                 log.info(
                     "synchronous request outlived its call's %g s wait; answerable as %s", wait_seconds, entry.local_id
                 )
+                entry.on_settled = on_settled
+                if on_submitted is not None:
+                    await on_submitted(entry.local_id)
                 return _pending(entry.local_id, entry, started)
             self._sync.pop(entry.local_id, None)  # the caller gets the outcome itself: nobody will ask for this id
             result = _settled(outcome)
@@ -251,6 +264,8 @@ class Jobs:
             result = await self._submit(request, api_key=api_key, budget=wait_seconds)
         if isinstance(result, GenerateResult):
             return _from_result(result, request.model, started)
+        if on_submitted is not None:
+            await on_submitted(result.task_id)
         await progress(f"PENDING · submitted {result.task_id}")
         pending = Generation(
             task_id=result.task_id,
@@ -312,6 +327,19 @@ class Jobs:
         finally:
             entry.finished = time.monotonic()
             entry.done.set()
+        if entry.on_settled is not None:  # its call has returned: tell whoever keeps the record
+            try:
+                outcome = entry.outcome
+                if isinstance(outcome, GenerateResult):
+                    settled: Generation | QolabaError = _from_result(outcome, entry.model, entry.finished)
+                elif isinstance(outcome, TaskCreated):
+                    settled = _pending(outcome.task_id, entry, entry.finished)
+                else:
+                    settled = outcome if outcome is not None else QolabaError("no outcome")
+                with anyio.CancelScope(shield=True):
+                    await entry.on_settled(settled)
+            except Exception:
+                log.exception("recording the outcome of %s failed", entry.local_id)
 
     def _forget_old(self) -> None:
         """Drop finished requests older than SYNC_KEEP_SECONDS, and the oldest beyond SYNC_KEEP_MAX."""

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
@@ -28,6 +29,7 @@ from ._errors import (
 )
 from ._jobs import Generation, is_local_task_id
 from ._models import url_problem
+from .ledger import LedgerRow
 
 log = logging.getLogger("qolaba_mcp.results")
 
@@ -39,6 +41,10 @@ NOTE_CHARS = 300
 
 class GenerationResult(Generation):
     """The result of generate_image and get_task."""
+
+    joined: bool = Field(
+        default=False, description="True when this call joined an identical earlier generation instead of paying again."
+    )
 
     next_step: str | None = Field(default=None, description="What to do next, when the task is not done.")
     saved_files: list[str | None] = Field(
@@ -106,6 +112,16 @@ def next_step(generation: Generation, *, wait_seconds: float, max_wait: float) -
     """What the agent should do with a task that is not finished, or None once it is."""
     if generation.done:
         return None
+    if generation.status == "UNKNOWN":
+        return (
+            "Check before retrying: the submission was sent but its answer was never recorded, so a task may exist "
+            "(see the Qolaba dashboard). A new generate_image call may be a second paid generation."
+        )
+    if generation.task_id is None:
+        return (
+            "An identical call is submitting this generation right now. Call generate_image again with the same "
+            "arguments in a few seconds: it joins that generation and does not pay again."
+        )
     task = f'task_id="{generation.task_id}"'
     again = min(max(wait_seconds, 30), max_wait)
     if is_local_task_id(generation.task_id):
@@ -133,15 +149,18 @@ def summary(result: GenerationResult, *, links: bool = True) -> str:
             "call generate_image again.",
             TEXT_BUDGET,
         )
+    joined = "Joined the identical generation already under way (no second payment). " if result.joined else ""
     if result.status != "SUCCESS":
-        text = f"Task {result.task_id} is {result.status} after {result.elapsed_seconds:.1f} s. {result.next_step}"
+        text = (
+            f"{joined}Task {result.task_id} is {result.status} after {result.elapsed_seconds:.1f} s. {result.next_step}"
+        )
         if result.poll_error:
             text += f" (Last poll failed: {result.poll_error[:300]})"
         return clip(text, TEXT_BUDGET)
     cost = ""
     if result.usage and result.usage.cost_credits is not None:
         cost = f", cost {result.usage.cost_credits:g} credits (${result.usage.cost_usd or 0:g})"
-    head = (
+    head = joined + (
         f"Generated {len(result.images)} image(s) with {result.model or 'the model'} in "
         f"{result.elapsed_seconds:.1f} s (task_id {result.task_id}, seed {result.seed}{cost})"
     )
@@ -288,3 +307,67 @@ def _shown(value: object) -> str:
         return f"{value[:60]!r}… ({len(value)} characters)"
     text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:80] + "…"
+
+
+class HistoryRow(BaseModel):
+    """One generation in the history, compact."""
+
+    task_id: str | None
+    when: str = Field(description="When it was asked for (UTC, ISO 8601).")
+    model: str
+    status: str = Field(description="submitting, submitted, running, succeeded, failed or unknown.")
+    prompt: str | None = Field(description="The prompt, cut short.")
+    images: int
+    cost_usd: float | None
+    saved_files: list[str] = Field(default_factory=list)
+
+
+class GenerationList(BaseModel):
+    """The result of list_generations."""
+
+    generations: list[HistoryRow]
+    next_cursor: str | None = Field(default=None, description="Pass as cursor for the next (older) page.")
+
+
+HISTORY_PROMPT_CHARS = 80
+
+
+def history_row(row: LedgerRow) -> HistoryRow:
+    prompt = row.prompt if row.prompt is None or len(row.prompt) <= HISTORY_PROMPT_CHARS else row.prompt[:79] + "…"
+    return HistoryRow(
+        task_id=row.task_id,
+        when=datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        model=row.model,
+        status=row.state,
+        prompt=prompt,
+        images=len(row.images),
+        cost_usd=row.cost_usd,
+        saved_files=[path for path in row.saved_files if path],
+    )
+
+
+def history_result(rows: list[LedgerRow], cursor: str | None) -> CallToolResult:
+    """Compact rows, newest first; the text is one line a generation."""
+    result = GenerationList(generations=[history_row(row) for row in rows], next_cursor=cursor)
+    lines = []
+    for row in result.generations:
+        cost = f", ${row.cost_usd:g}" if row.cost_usd is not None else ""
+        more = f" (+{len(row.saved_files) - 1})" if len(row.saved_files) > 1 else ""
+        saved = f", saved {row.saved_files[0]}{more}" if row.saved_files else ""
+        lines.append(
+            f"{row.when} {row.status} {row.model} task_id={row.task_id} {row.images} image(s){cost}"
+            f"{saved}: {row.prompt or '(no prompt)'}"
+        )
+        if row.status == "unknown":
+            lines.append("  (state unknown: check before retrying)")
+    if not lines:
+        lines.append("No generations match.")
+    if cursor:
+        lines.append(f'More: call list_generations with cursor="{cursor}".')
+    return CallToolResult(
+        content=[TextContent(text=clip("\n".join(lines), HISTORY_TEXT_BUDGET))],
+        structured_content=result.model_dump(mode="json"),
+    )
+
+
+HISTORY_TEXT_BUDGET = 6000

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+NULL_MEANS = "Optional inputs may be null (= not given)."
 _DROPPED = frozenset({"title", "examples", "additionalProperties", "$defs", "default"})
 
 
@@ -41,7 +42,12 @@ def _node(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     for key, value in node.items():
         if key in _DROPPED or key == "properties":
             continue
-        out[key] = _node(value, defs) if key == "items" and isinstance(value, dict) else value
+        if key == "items" and isinstance(value, dict):
+            out[key] = {k: v for k, v in _node(value, defs).items() if k != "description"}  # said by the property
+        elif key == "maximum" and isinstance(value, int) and value >= 2**53:
+            continue  # beyond what a JSON number holds exactly (a seed's 2**63 - 1): the server still checks it
+        else:
+            out[key] = value
     if isinstance(node.get("properties"), dict):
         required = set(node.get("required", []))
         out["properties"] = {
@@ -52,13 +58,14 @@ def _node(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _described(prop: dict[str, Any], default: Any, *, optional: bool) -> dict[str, Any]:
-    """The property with its limits (and default) in words, and ``null`` accepted where it is optional."""
+    """The property with its limits (and default) in words, and ``null`` accepted where it is optional.
+
+    That null means "not given" is said once, in each tool's description (NULL_MEANS), not on every field.
+    """
     words = [prop.pop("description", "").rstrip(".")]
     words += _limits(prop)
     if default is not None:
         words.append(f"default {str(default).lower() if isinstance(default, bool) else default}")
-    if optional:
-        words.append("null = not given")
     text = "; ".join(word for word in words if word) + "."
     if not optional:
         return {**prop, "description": text}

@@ -8,7 +8,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import unquote
 
 import anyio
 from mcp.server.lowlevel.helper_types import ReadResourceContents
@@ -24,12 +26,24 @@ from . import __version__
 from ._catalog import Capability, Catalog, CatalogFileError
 from ._client import QolabaClient
 from ._config import Settings
-from ._delivery import Delivered, Delivery, default_output_dir
+from ._delivery import Delivered, Delivery, default_data_dir, default_output_dir
 from ._errors import QolabaError
-from ._jobs import Generation, Jobs, PollPolicy, ProgressFn
+from ._jobs import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
 from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
-from ._results import GenerationResult, ModelList, argument_errors, explain, generation_result, model_line
-from ._schemas import portable_input, portable_output
+from ._results import (
+    GenerationList,
+    GenerationResult,
+    ModelList,
+    argument_errors,
+    explain,
+    generation_result,
+    history_result,
+    history_row,
+    model_line,
+)
+from ._schemas import NULL_MEANS, portable_input, portable_output
+from ._tracked import TrackedJobs
+from .ledger import LedgerError, LedgerRow, LedgerStore, Query, default_ledger_url, open_ledger
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -39,7 +53,8 @@ DISCONNECTED = "qolaba_mcp.disconnected"  # request-state key: an anyio.Event se
 INSTRUCTIONS = (
     "Generate images with Qolaba. Call list_models to pick a model, then generate_image. Long generations "
     "return a task_id before they finish: call get_task with that task_id (and wait_seconds) to collect the "
-    "images. Never call generate_image twice for one image: each call is a new, paid generation."
+    "images. Never call generate_image twice for one image: each call is a new, paid generation (an identical call "
+    "while the first is unfinished joins it). list_generations finds earlier images."
 )
 
 
@@ -94,6 +109,12 @@ class AppContext:
     save_by_default: bool
     catalog_warning: str | None = None
     links: IssuedLinks = field(default_factory=IssuedLinks)
+    tracked: TrackedJobs | None = None  # None when QOLABA_LEDGER_URL=off
+
+    @property
+    def runner(self) -> Jobs | TrackedJobs:
+        """What runs generations: the ledger-keeping runner, or the bare one with the ledger off."""
+        return self.tracked or self.jobs
 
     async def finish(
         self, generation: Generation, *, save: bool | None, wait_seconds: float, links: bool = True
@@ -114,9 +135,44 @@ class AppContext:
                     notes=[f"no previews or saved files: delivery failed ({type(exc).__name__}); the URLs stand"]
                 )
         self.links.add(image.url for image in generation.images)
+        row_id = getattr(generation, "row_id", None)
+        if self.tracked is not None and row_id is not None and generation.status == "SUCCESS":
+            if delivered is not None and any(delivered.saved):
+                await self.tracked.saved(row_id, delivered.saved)
+            await self.tracked.delivered(row_id)
         return generation_result(
             generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds, links=links
         )
+
+
+async def _open_ledger(settings: Settings) -> LedgerStore | None:
+    """The configured ledger, opened (schema created or migrated); None when it is turned off."""
+    url = settings.ledger_url or default_ledger_url(default_data_dir())
+    if url.strip().lower() == "off":
+        return None
+    ledger = open_ledger(url)
+    await ledger.open()
+    return ledger
+
+
+async def history_table(settings: Settings, search: str | None, limit: int) -> str:
+    """The ledger's newest generations (every principal: the ledger is the local user's) as a text table."""
+    ledger = await _open_ledger(settings)
+    if ledger is None:
+        return "The ledger is off (QOLABA_LEDGER_URL=off): no history is kept."
+    try:
+        rows, _ = await ledger.history(Query(search=search, limit=limit))
+    finally:
+        await ledger.close()
+    if not rows:
+        return "No generations" + (f" match {search!r}." if search else " yet.")
+    lines = [f"{'when (UTC)':<20} {'status':<10} {'model':<26} {'img':>3} {'cost $':>7}  task_id / prompt"]
+    for row in map(history_row, rows):
+        cost = f"{row.cost_usd:.3f}" if row.cost_usd is not None else "-"
+        lines.append(f"{row.when:<20} {row.status:<10} {row.model[:26]:<26} {row.images:>3} {cost:>7}  {row.task_id}")
+        lines.append(f"{'':<70}{row.prompt or '(no prompt)'}")
+        lines += [f"{'':<70}file: {path}" for path in row.saved_files]
+    return "\n".join(lines)
 
 
 def _keyword(name: str, field: FieldInfo | Any) -> inspect.Parameter:
@@ -144,7 +200,7 @@ def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
             default=min(default, settings.max_wait_seconds),
             ge=0,
             le=settings.max_wait_seconds,
-            description="Seconds to wait, with progress; then the result has the task_id for get_task.",
+            description="Seconds to wait, with progress (then get_task continues)",
         ),
     )
 
@@ -228,11 +284,27 @@ def build_server(
             allow_private=settings.download_allow_private,
         )
         # Jobs holds the task group where synchronous requests outlive their calls: it lives as long as the server.
+        ledger = await _open_ledger(settings)
         async with client, Jobs(client=client, poll=poll, stopping=stopping) as jobs:
+            tracked = None
+            if ledger is not None:
+                tracked = TrackedJobs(
+                    jobs=jobs,
+                    ledger=ledger,
+                    api_base=settings.api_base_url,
+                    api_key=settings.api_key,
+                    join_window=settings.join_window_seconds,
+                )
+                # a synchronous request lasts up to sync_timeout, an async submission up to the longest wait
+                longest = max(settings.sync_timeout, settings.max_wait_seconds, SUBMIT_MIN_SECONDS)
+                expired = await tracked.expire_stale(longest_submission=longest)
+                if expired:
+                    log.warning("%d generation(s) were left submitting by a stopped server: now 'unknown'", expired)
             try:
                 yield AppContext(
                     settings=settings,
                     jobs=jobs,
+                    tracked=tracked,
                     delivery=delivery,
                     catalog=catalog,
                     save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
@@ -240,6 +312,8 @@ def build_server(
                 )
             finally:
                 await delivery.aclose()
+                if ledger is not None:
+                    await ledger.close()
 
     server = QolabaServer(
         "qolaba-mcp",
@@ -247,7 +321,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
-        tools=[_generate_image_tool(settings), _get_task_tool(settings), _list_models_tool()],
+        tools=[_generate_image_tool(settings), _get_task_tool(settings), _list_models_tool(), _list_generations_tool()],
     )
     _add_resources(server)
     return server
@@ -258,7 +332,8 @@ def _tool(fn: Callable[..., Any], *, title: str, description: str, read_only: bo
     annotations = ToolAnnotations(
         read_only_hint=read_only, destructive_hint=False, idempotent_hint=read_only, open_world_hint=open_world
     )
-    return _strict(Tool.from_function(fn, title=title, description=description, annotations=annotations))
+    described = f"{description} {NULL_MEANS}"
+    return _strict(Tool.from_function(fn, title=title, description=described, annotations=annotations))
 
 
 def _strict(tool: Tool) -> Tool:
@@ -286,7 +361,9 @@ def _generate_image_tool(settings: Settings) -> Tool:
         request = GenerateRequest(**arguments, celery=mode == "async")
         generation = await _run(
             ctx,
-            lambda report, key: app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key),
+            lambda report, key: app.runner.generate(
+                request, wait_seconds=wait_seconds, on_progress=report, api_key=key
+            ),
             model=request.model,
         )
         return await app.finish(generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx))
@@ -304,8 +381,8 @@ def _generate_image_tool(settings: Settings) -> Tool:
         generate_image,
         title="Generate image",
         description=(
-            "Generate images with a Qolaba model. Waits up to wait_seconds with progress; if not done by "
-            "then, returns the task_id for get_task. Each call is a new, paid generation."
+            "Generate images with a Qolaba model; waits up to wait_seconds with progress, else returns a task_id "
+            "for get_task. Paid, except that a call identical to an unfinished or undelivered one joins it."
         ),
         read_only=False,
         open_world=True,
@@ -322,7 +399,7 @@ def _get_task_tool(settings: Settings) -> Tool:
         wait_for = float(_given(wait_seconds, wait.default))
         generation = await _run(
             ctx,
-            lambda report, key: app.jobs.get_task(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
+            lambda report, key: app.runner.get_task(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
             task_id=task_id,
         )
         return await app.finish(generation, save=save, wait_seconds=wait_for, links=_links_allowed(ctx))
@@ -375,6 +452,78 @@ def _list_models_tool() -> Tool:
     )
 
 
+_STATES = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
+
+
+def _list_generations_tool() -> Tool:
+    async def list_generations(
+        ctx: Context[AppContext],
+        search: str | None = None,
+        model: str | None = None,
+        status: _STATES | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> CallToolResult:
+        query = Query(
+            search=search, model=model, state=status, since=_timestamp(since), until=_timestamp(until),
+            limit=_given(limit, 10), cursor=cursor,
+        )  # fmt: skip
+        return history_result(*await _history(ctx, query))
+
+    def field(annotation: Any, description: str, **limits: Any) -> FieldInfo:
+        return FieldInfo.from_annotated_attribute(annotation, Field(default=None, description=description, **limits))
+
+    _set_signature(
+        list_generations,
+        [
+            _keyword("search", field(str | None, "Words to find in prompts and model ids", max_length=200)),
+            _keyword("model", field(str | None, "Only this model id", max_length=200)),
+            _keyword("status", field(_STATES | None, "Only generations in this state")),
+            _keyword("since", field(datetime | None, "Only those asked for at or after this time (ISO 8601)")),
+            _keyword("until", field(datetime | None, "Only those asked for before this time (ISO 8601)")),
+            _keyword("limit", field(Annotated[int | None, NotBool], "How many, newest first; default 10", ge=1, le=50)),
+            _keyword("cursor", field(str | None, "next_cursor of the previous page", max_length=200)),
+        ],
+        Annotated[CallToolResult, GenerationList],
+    )
+    return _tool(
+        list_generations,
+        title="List past generations",
+        description=(
+            "Past generations, newest first (task_id, time, model, status, prompt, images, cost, files): find an "
+            "earlier image before generating again."
+        ),
+        read_only=True,
+        open_world=False,
+    )
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+async def _history(ctx: Context[AppContext], query: Query) -> tuple[list[LedgerRow], str | None]:
+    """The calling principal's rows: another caller's generations are never visible."""
+    app = _app(ctx)
+    if app.tracked is None:
+        # ResourceError: the same text from the tool and the resources (the SDK treats it as a ToolError in a tool)
+        raise ResourceError("No history is kept: the ledger is off (QOLABA_LEDGER_URL=off).")
+    principal = app.tracked.principal(_client_key(ctx, app.settings))
+    try:
+        return await app.tracked.history(query.model_copy(update={"principal": principal}))
+    except (LedgerError, ValueError) as exc:  # a cursor that is not one of ours
+        raise ResourceError(f"The history could not be read: {exc}") from exc
+
+
+async def _history_json(ctx: Context[AppContext], query: Query) -> str:
+    rows, cursor = await _history(ctx, query)
+    return GenerationList(generations=[history_row(row) for row in rows], next_cursor=cursor).model_dump_json()
+
+
 def _add_resources(server: MCPServer) -> None:
     """Results readable through MCP: a task as JSON, and each image's bytes (fetched on read)."""
 
@@ -387,6 +536,28 @@ def _add_resources(server: MCPServer) -> None:
     )
     async def task_resource(task_id: str, ctx: Context[AppContext]) -> str:
         return (await _task_for_resource(ctx, task_id)).model_dump_json()
+
+    @server.resource(
+        "qolaba://generations/newest/{limit}",
+        name="generations",
+        title="Recent generations",
+        description="This caller's {limit} (1 to 50) newest generations as JSON: the list_generations view.",
+        mime_type="application/json",
+    )
+    async def generations_resource(limit: str, ctx: Context[AppContext]) -> str:
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= 50):
+            raise ResourceError(f"{limit[:20]!r} is not a number of generations: give 1 to 50.")
+        return await _history_json(ctx, Query(limit=int(limit)))
+
+    @server.resource(
+        "qolaba://generations/search/{text}",
+        name="generations-search",
+        title="Generations matching a search",
+        description="This caller's 20 newest generations whose prompt or model matches {text}, as JSON.",
+        mime_type="application/json",
+    )
+    async def generations_search_resource(text: str, ctx: Context[AppContext]) -> str:
+        return await _history_json(ctx, Query(search=unquote(text)[:200], limit=20))
 
     @server.resource(
         "qolaba://images/{task_id}/{index}",
@@ -438,7 +609,9 @@ async def _task_for_resource(ctx: Context[AppContext], task_id: str) -> Generati
         raise ResourceError(f"{task_id[:80]!r} is not a task_id.")
     app = _app(ctx)
     try:
-        return await app.jobs.get_task(task_id, wait_seconds=0, api_key=_client_key(ctx, app.settings))
+        return await app.runner.get_task(
+            task_id, wait_seconds=0, on_progress=None, api_key=_client_key(ctx, app.settings)
+        )
     except QolabaError as exc:
         exc.task_id = exc.task_id or task_id
         raise ResourceError(explain(exc, app.catalog)) from exc

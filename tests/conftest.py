@@ -16,6 +16,8 @@ from mcp import Client, StdioServerParameters
 
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
+pytest_plugins = ["tests.pg"]  # the postgres_url fixture: a real PostgreSQL server the tests start
+
 SERVER_KEY = "qk_test_server_key_5f2c9e1d"
 _OUTPUT_DIR: list[str] = []  # the session's folder for images saved by servers under test
 
@@ -53,6 +55,8 @@ def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
         QOLABA_MAX_WAIT_SECONDS="30",
         QOLABA_POLL_MAX_INTERVAL="0.5",
         QOLABA_OUTPUT_DIR=_OUTPUT_DIR[0],
+        QOLABA_LEDGER_URL="sqlite:///:memory:",  # each server its own: tests never share generations
+        QOLABA_JOIN_WINDOW_SECONDS="0",  # and each call is its own generation, unless a test is about joining
     )
     for key, value in extra.items():
         if value is None:

@@ -237,7 +237,7 @@ async def test_results_are_readable_as_resources(
                 await client.read_resource(uri)
             except Exception as exc:
                 failures.append(str(exc))
-    assert templates == {"qolaba://tasks/{task_id}", "qolaba://images/{task_id}/{index}"}
+    assert {"qolaba://tasks/{task_id}", "qolaba://images/{task_id}/{index}"} <= templates
     assert isinstance(task, TextResourceContents) and task.mime_type == "application/json"
     body = json.loads(task.text)
     assert body["status"] == "SUCCESS" and len(body["images"]) == 2

@@ -236,7 +236,7 @@ async def test_unknown_task(sandbox: SandboxServer) -> None:
 async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
     async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert sorted(tools) == ["generate_image", "get_task", "list_models"]
+    assert sorted(tools) == ["generate_image", "get_task", "list_generations", "list_models"]
     schema = tools["generate_image"].input_schema
     props = schema["properties"]
     assert schema["required"] == ["model"]

@@ -1,0 +1,303 @@
+"""Generations kept in the ledger: written before the API is called, joined instead of paid twice, answerable later.
+
+The job runner (``Jobs``) talks to the API; this layer keeps the record around it and decides, per call, whether
+a generation is new (submit) or the same as one already paid for (join). It knows nothing of MCP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+from pydantic import SecretStr
+
+from ._errors import (
+    AuthenticationError,
+    BadRequestError,
+    MissingApiKeyError,
+    NetworkError,
+    QolabaError,
+    RateLimitError,
+    TaskNotFoundError,
+)
+from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id
+from ._models import GenerateRequest, ImageOutput, Usage
+from .ledger import (
+    Changes,
+    ImageRecord,
+    LedgerRow,
+    LedgerState,
+    LedgerStore,
+    NewGeneration,
+    Query,
+    principal_of,
+    request_hash,
+)
+
+log = logging.getLogger("qolaba_mcp.tracked")
+
+# A row still "submitting" this long after the longest a live submission can take belongs to a process that died
+# between sending and recording.
+SUBMITTING_GRACE = 5.0
+_FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
+_UNKNOWN_NEXT = (
+    "The submission was sent but its answer was never recorded (the server stopped or the connection broke), so "
+    "whether a task exists is unknown. Check the Qolaba dashboard before retrying: a retry may be a second paid "
+    "generation."
+)
+
+
+class Tracked(Generation):
+    """A generation with its ledger row: ``joined`` when this call joined an identical earlier one."""
+
+    row_id: str | None = None
+    joined: bool = False
+
+
+class TrackedJobs:
+    """Jobs with a ledger: every generation recorded, identical retries joined, tasks answerable after restarts."""
+
+    def __init__(
+        self,
+        *,
+        jobs: Jobs,
+        ledger: LedgerStore,
+        api_base: str,
+        api_key: SecretStr | None,
+        join_window: float,
+        submitting_grace: float = SUBMITTING_GRACE,
+    ) -> None:
+        self.jobs = jobs
+        self.ledger = ledger
+        self._api_base = api_base
+        self._api_key = api_key
+        self._window = join_window
+        self._grace = submitting_grace
+
+    def principal(self, api_key: SecretStr | None) -> str:
+        """Who asks: a hash of the key in use (the caller's own, or the server's)."""
+        key = api_key or self._api_key
+        return principal_of(key.get_secret_value() if key else "")
+
+    async def expire_stale(self, *, longest_submission: float) -> int:
+        """Rows left "submitting" by a process that died become "unknown" (never silently lost)."""
+        now = time.time()
+        return await self.ledger.expire_submitting(older_than=now - longest_submission - self._grace, now=now)
+
+    async def generate(
+        self,
+        request: GenerateRequest,
+        *,
+        wait_seconds: float,
+        on_progress: ProgressFn | None = None,
+        api_key: SecretStr | None = None,
+        inputs: list[str] | None = None,
+    ) -> Tracked:
+        """Join the identical generation already running or undelivered, or record a new one and submit it."""
+        body = request.to_api()
+        body.pop("celery", None)  # sync or async, the same images are paid for
+        new = NewGeneration(
+            principal=self.principal(api_key),
+            api_base=self._api_base,
+            request_hash=request_hash(body),
+            request=body,
+            model=request.model,
+            prompt=request.prompt,
+            inputs=inputs or [],
+        )
+        row, joined = await self.ledger.begin_or_join(new, window_seconds=self._window, now=time.time())
+        if joined:
+            log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
+            return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
+        return await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
+
+    async def _submit(
+        self,
+        row: LedgerRow,
+        request: GenerateRequest,
+        *,
+        wait_seconds: float,
+        on_progress: ProgressFn | None,
+        api_key: SecretStr | None,
+    ) -> Tracked:
+        task: list[str] = []
+
+        async def submitted(task_id: str) -> None:
+            task.append(task_id)
+            await self._record(row.id, Changes(state="submitted", task_id=task_id))
+
+        async def settled(outcome: Generation | QolabaError) -> None:
+            if isinstance(outcome, Generation):
+                await self._record_generation(row.id, outcome)
+            else:
+                await self._record(row.id, _failure(outcome, task_sent=True))
+
+        try:
+            generation = await self.jobs.generate(
+                request,
+                wait_seconds=wait_seconds,
+                on_progress=on_progress,
+                api_key=api_key,
+                on_submitted=submitted,
+                on_settled=settled,
+            )
+        except QolabaError as exc:
+            if not task:  # whatever ended the call before a task id, the record says what is known
+                await self._record(row.id, _failure(exc, task_sent=False))
+            raise
+        except BaseException:
+            if not task:  # cancelled mid-submission: it may have reached the API
+                await self._record(row.id, Changes(state="unknown", error="the call ended during its submission"))
+            raise
+        if generation.done or not is_local_task_id(generation.task_id):
+            # (a synchronous request still running was recorded by on_submitted; on_settled records its end)
+            await self._record_generation(row.id, generation)
+        return Tracked(**generation.model_dump(), row_id=row.id)
+
+    async def _follow(
+        self, row: LedgerRow, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
+    ) -> Tracked:
+        """Wait on a generation another call started: its task id once it has one, then the task itself."""
+        deadline = time.monotonic() + wait_seconds
+        while row.state == "submitting" and time.monotonic() < deadline:
+            await anyio.sleep(min(_FOLLOW_INTERVAL, max(deadline - time.monotonic(), 0)))
+            row = await self.ledger.get(row.id) or row
+        if row.state in ("succeeded", "failed", "unknown", "submitting") or row.task_id is None:
+            return _from_row(row, joined=True)
+        generation = await self._poll(row, wait_seconds=max(deadline - time.monotonic(), 0), progress=on_progress,
+                                      api_key=api_key)  # fmt: skip
+        return Tracked(**generation.model_dump(), row_id=row.id, joined=True)
+
+    async def get_task(
+        self, task_id: str, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
+    ) -> Tracked:
+        """A task from the ledger (finished ones without asking the API), polled while it runs; the caller's only."""
+        principal = self.principal(api_key)
+        row = await self.ledger.by_task(task_id, principal=None)
+        if row is not None and row.principal != principal:
+            # Another caller's: answered exactly as a task that does not exist, so nothing about it leaks.
+            raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)
+        if row is None:
+            generation = await self.jobs.get_task(
+                task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
+            )
+            return Tracked(**generation.model_dump())
+        if row.state in ("succeeded", "failed", "unknown"):
+            return _from_row(row, joined=False)
+        generation = await self._poll(row, wait_seconds=wait_seconds, progress=on_progress, api_key=api_key)
+        return Tracked(**generation.model_dump(), row_id=row.id)
+
+    async def _poll(
+        self, row: LedgerRow, *, wait_seconds: float, progress: ProgressFn | None, api_key: SecretStr | None
+    ) -> Generation:
+        """Poll the row's task and record what the API says; once the API has forgotten it, the ledger answers."""
+        assert row.task_id is not None
+        try:
+            generation = await self.jobs.get_task(
+                row.task_id, wait_seconds=wait_seconds, on_progress=progress, api_key=api_key
+            )
+        except TaskNotFoundError:
+            if is_local_task_id(row.task_id):  # its process is gone; the row says whether it ever settled
+                latest = await self.ledger.get(row.id) or row
+                if latest.state in ACTIVE:
+                    latest = await self.ledger.update(
+                        row.id, Changes(state="unknown", error="the server holding it stopped"), now=time.time()
+                    )
+                return _from_row(latest, joined=False)
+            found = _from_row(row, joined=False)
+            return found.model_copy(
+                update={"notes": [*found.notes, "the API no longer knows this task; this is what the ledger holds"]}
+            )
+        if not is_local_task_id(generation.task_id) or generation.done:
+            await self._record_generation(row.id, generation)
+        return generation
+
+    async def delivered(self, row_id: str) -> None:
+        """A caller has the result: an identical call after this is a new generation."""
+        with anyio.CancelScope(shield=True):
+            await self.ledger.mark_delivered(row_id)
+
+    async def saved(self, row_id: str, paths: list[str | None]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._record(row_id, Changes(saved_files=paths))
+
+    async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
+        return await self.ledger.history(query)
+
+    async def _record_generation(self, row_id: str, generation: Generation) -> None:
+        await self._record(row_id, _changes(generation))
+
+    async def _record(self, row_id: str, changes: Changes) -> None:
+        """Write to the ledger even while the call is being cancelled: the record outlives the call."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.ledger.update(row_id, changes, now=time.time())
+            except Exception:
+                log.exception("the ledger could not record %s for %s", changes.state or "a change", row_id)
+
+
+ACTIVE = frozenset({"submitting", "submitted", "running"})
+
+
+def _changes(generation: Generation) -> Changes:
+    state: LedgerState = "succeeded" if generation.status == "SUCCESS" else "running"
+    if generation.status == "FAILED":
+        state = "failed"
+    usage = generation.usage.model_dump(mode="json", exclude_none=True) if generation.usage else None
+    return Changes(
+        state=state,
+        task_id=generation.task_id,
+        finished_at=time.time() if generation.done else None,
+        images=_images(generation) if generation.done else None,
+        usage=usage,
+        cost_usd=generation.usage.cost_usd if generation.usage else None,
+        error=generation.error,
+    )
+
+
+def _images(generation: Generation) -> list[ImageRecord]:
+    return [
+        ImageRecord(**image.model_dump(include={"url", "width", "height", "content_type"}))
+        for image in generation.images
+    ]
+
+
+def _failure(exc: QolabaError, *, task_sent: bool) -> Changes:
+    """What a failed call leaves in the record: refused (nothing created), or unknown (it may have been created)."""
+    refused = isinstance(exc, BadRequestError | MissingApiKeyError | RateLimitError) or (
+        isinstance(exc, NetworkError) and not exc.request_sent
+    )
+    if isinstance(exc, AuthenticationError) and not task_sent:
+        refused = True
+    if exc.task_id is not None:
+        return Changes(state="submitted", task_id=exc.task_id)
+    if refused:
+        return Changes(state="failed", error=exc.message[:500], finished_at=time.time())
+    return Changes(state="unknown", error=exc.message[:500])
+
+
+def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
+    """A result from the record alone (the task finished, or the API no longer knows it)."""
+    status: Any = {"succeeded": "SUCCESS", "failed": "FAILED", "unknown": "UNKNOWN"}.get(row.state, "PENDING")
+    usage = Usage.model_validate(row.usage) if row.usage else None
+    notes = []
+    if row.state == "unknown":
+        notes.append(_UNKNOWN_NEXT)
+    if row.state == "submitting":
+        notes.append("an identical call is submitting this generation; call generate_image again to join it")
+    return Tracked(
+        task_id=row.task_id,
+        status=status,
+        model=row.model,
+        prompt=row.prompt,
+        seed=row.request.get("seed") if isinstance(row.request.get("seed"), int) else None,
+        images=[ImageOutput(**image.model_dump()) for image in row.images],
+        usage=usage,
+        error=row.error if row.state != "succeeded" else None,
+        elapsed_seconds=0.0,
+        notes=notes,
+        row_id=row.id,
+        joined=joined,
+    )

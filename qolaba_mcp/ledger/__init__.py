@@ -1,0 +1,77 @@
+"""The generation ledger: every generation recorded before the API is called, in SQLite or PostgreSQL.
+
+``open_ledger(url)`` picks the backend from ``QOLABA_LEDGER_URL``; each backend module (and its driver) is imported
+only then, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ._records import (
+    ACTIVE_STATES,
+    SCHEMA_VERSION,
+    Changes,
+    ImageRecord,
+    LedgerError,
+    LedgerRow,
+    LedgerState,
+    LedgerStore,
+    NewGeneration,
+    Query,
+    principal_of,
+    request_hash,
+)
+
+# Plain sorted() order, as qolaba_mcp.__all__ (ruff's isort-style order would put the constants first).
+__all__ = [  # noqa: RUF022
+    "ACTIVE_STATES",
+    "Changes",
+    "ImageRecord",
+    "LedgerError",
+    "LedgerRow",
+    "LedgerState",
+    "LedgerStore",
+    "NewGeneration",
+    "Query",
+    "SCHEMA_VERSION",
+    "default_ledger_url",
+    "open_ledger",
+    "principal_of",
+    "request_hash",
+]
+
+_ACCEPTED = "sqlite:///<absolute path>, sqlite:///:memory: or postgresql://user@host:port/database"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def default_ledger_url(data_dir: Path) -> str:
+    """The ledger's URL when QOLABA_LEDGER_URL is not set: a SQLite file in the data folder."""
+    return f"sqlite:///{(data_dir.absolute() / 'ledger.db').as_posix()}"
+
+
+def open_ledger(url: str) -> LedgerStore:
+    """The backend for ``url``, not yet opened (call ``open()``); a LedgerError for a URL it cannot serve."""
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme == "sqlite":
+        path = rest.removeprefix("/")
+        if rest.startswith("/") and (path == ":memory:" or Path(path).is_absolute()):
+            from ._sqlite import SQLiteLedger
+
+            return SQLiteLedger(path=path)
+        raise LedgerError(
+            f"QOLABA_LEDGER_URL {url!r} does not name an absolute path; use {_ACCEPTED}"
+            " (an absolute path makes four slashes: sqlite:////var/lib/qolaba/ledger.db)"
+        )
+    if separator and scheme in ("postgresql", "postgres"):
+        try:
+            from ._postgres import PostgresLedger
+        except ImportError as exc:
+            raise LedgerError(
+                f"a PostgreSQL QOLABA_LEDGER_URL needs the asyncpg driver: pip install 'qolaba-mcp[postgres]' ({exc})"
+            ) from exc
+        return PostgresLedger(url=url)
+    # Never echo the URL itself: it may hold a password.
+    what = f"a {scheme!r} URL" if separator and _SCHEME.fullmatch(scheme) else "something that is not a URL"
+    raise LedgerError(f"QOLABA_LEDGER_URL must be {_ACCEPTED}; it is {what}")

@@ -1,0 +1,275 @@
+"""The PostgreSQL ledger: one database shared by any number of server replicas.
+
+asyncpg and its pool (``POOL_MIN``..``POOL_MAX`` connections). Two transaction-scoped advisory locks make the
+replicas agree: one around creating or migrating the schema, so replicas starting together do not race, and one
+per (principal, api_base, request_hash) around ``begin_or_join``, taken before its read, so of two identical calls
+on two replicas one finds the other's row. Search is a generated ``tsvector`` column with a GIN index, queried with
+the same words and prefix rule as SQLite's (``search_words``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]  # no type information ships with asyncpg
+
+from ._records import Changes, LedgerError, LedgerRow, NewGeneration, Query
+from ._sqlite import MIN_PREFIX, decode_cursor, encode_cursor, search_words
+
+POOL_MIN = 1
+POOL_MAX = 10
+CONNECT_TIMEOUT_S = 10.0
+
+# Migration N (list index N-1) moves the schema from version N-1 to N, so len(_MIGRATIONS) == SCHEMA_VERSION and
+# version 2 is one more entry. Each runs in the transaction that bumps the version (PostgreSQL's DDL is
+# transactional), under _SQL_SCHEMA_LOCK.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (schema_version integer NOT NULL);
+    INSERT INTO meta (schema_version) VALUES (0);
+    CREATE TABLE generations (
+        id text PRIMARY KEY,
+        principal text NOT NULL,
+        api_base text NOT NULL,
+        request_hash text NOT NULL,
+        request jsonb NOT NULL,
+        model text NOT NULL,
+        prompt text,
+        inputs jsonb NOT NULL,
+        state text NOT NULL,
+        task_id text,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        finished_at double precision,
+        images jsonb NOT NULL,
+        usage jsonb,
+        cost_usd double precision,
+        error text,
+        saved_files jsonb NOT NULL,
+        delivered boolean NOT NULL DEFAULT false,
+        -- The words search_words (and SQLite's tokenizer) see: 'simple' neither stems nor drops stop words, and
+        -- blanking the characters that join words into one token for the default parser ("1.5", "x@y.com",
+        -- "/a/b", "<b>") leaves runs of letters and digits.
+        search tsvector GENERATED ALWAYS AS (
+            to_tsvector('simple', translate(coalesce(prompt, '') || ' ' || model, '-./@:_<>&', '         '))
+        ) STORED
+    );
+    CREATE INDEX generations_join ON generations (principal, request_hash, created_at);
+    CREATE INDEX generations_task ON generations (task_id);
+    CREATE INDEX generations_principal_time ON generations (principal, created_at DESC, id DESC);
+    CREATE INDEX generations_time ON generations (created_at DESC, id DESC);
+    CREATE INDEX generations_submitting ON generations (updated_at) WHERE state = 'submitting';
+    CREATE INDEX generations_search ON generations USING gin (search);
+    """,
+]
+
+_COLUMNS = (
+    "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered"
+)
+_FIELDS = tuple(_COLUMNS.split(", "))
+
+_SQL_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('qolaba-mcp ledger schema'))"
+_SQL_META_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
+_SQL_VERSION = "SELECT schema_version FROM meta"
+_SQL_SET_VERSION = "UPDATE meta SET schema_version = $1"
+_SQL_INSERT = f"INSERT INTO generations ({_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, 20))})"
+_SQL_REQUEST_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
+_SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = $1 AND request_hash = $2 AND api_base = $3 AND created_at >= $4
+      AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND NOT delivered))
+    ORDER BY created_at DESC LIMIT 1"""
+_SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = $1"
+_SQL_BY_TASK = f"""SELECT {_COLUMNS} FROM generations WHERE task_id = $1 AND ($2::text IS NULL OR principal = $2)
+    ORDER BY created_at DESC LIMIT 1"""
+# One static statement for any Changes: a NULL parameter keeps the column as it is.
+_SQL_UPDATE = f"""UPDATE generations SET
+    state = coalesce($2, state), task_id = coalesce($3, task_id), finished_at = coalesce($4, finished_at),
+    images = coalesce($5, images), usage = coalesce($6, usage), cost_usd = coalesce($7, cost_usd),
+    error = coalesce($8, error), saved_files = coalesce($9, saved_files), updated_at = $10
+    WHERE id = $1 RETURNING {_COLUMNS}"""
+_SQL_DELIVER = "UPDATE generations SET delivered = true WHERE id = $1 AND NOT delivered"
+_SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = $1 WHERE state = 'submitting' AND updated_at < $2"
+_SQL_ANALYZE = "ANALYZE generations"
+_SQL_SPEND = "SELECT coalesce(sum(cost_usd), 0) FROM generations WHERE principal = $1 AND created_at >= $2"
+# history: its WHERE clause is these fragments, chosen by the query's filters and joined with AND; {} is the
+# number of the fragment's first parameter.
+_SQL_HISTORY = f"SELECT {_COLUMNS} FROM generations WHERE {{where}} ORDER BY created_at DESC, id DESC LIMIT ${{limit}}"
+_HISTORY_WHERE = {
+    "search": "search @@ to_tsquery('simple', ${})",
+    "principal": "principal = ${}",
+    "model": "model = ${}",
+    "state": "state = ${}",
+    "since": "created_at >= ${}",
+    "until": "created_at < ${}",
+    "cursor": "(created_at, id) < (${}, ${})",
+}
+
+
+def _tsquery(words: list[str]) -> str:
+    """A tsquery from search words: all of them, the last also as a prefix. Words are letters and digits only, so
+    quoting each one leaves nothing for to_tsquery to read as an operator."""
+    return " & ".join(f"'{word}'" for word in words) + (":*" if len(words[-1]) >= MIN_PREFIX else "")
+
+
+def _to_row(record: Any) -> LedgerRow:
+    return LedgerRow.model_validate(dict(record))
+
+
+def _values(row: LedgerRow) -> list[Any]:
+    data = row.model_dump(mode="json")
+    return [data[field] for field in _FIELDS]
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, to show in messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a broken IPv6 address: nothing safe to show
+        return "QOLABA_LEDGER_URL"
+    if parts.password is not None:
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}")
+    return urlunsplit(parts._replace(query=re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)))
+
+
+async def _init_connection(conn: Any) -> None:
+    # JSONB in and out as Python values (asyncpg's default is text).
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class PostgresLedger:
+    """The ledger in a PostgreSQL database."""
+
+    def __init__(self, *, url: str) -> None:
+        self._url = url
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=POOL_MIN, max_size=POOL_MAX, init=_init_connection, timeout=CONNECT_TIMEOUT_S
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
+            raise LedgerError(f"cannot open the ledger at {_redacted(self._url)}: {exc}") from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def begin_or_join(self, new: NewGeneration, *, window_seconds: float, now: float) -> tuple[LedgerRow, bool]:
+        async with self._transaction() as conn:
+            await conn.execute(_SQL_REQUEST_LOCK, f"{new.principal} {new.api_base} {new.request_hash}")
+            joinable = (new.principal, new.request_hash, new.api_base, now - window_seconds)
+            found = await conn.fetchrow(_SQL_JOINABLE, *joinable)
+            if found is not None:
+                return _to_row(found), True
+            row = LedgerRow(**new.model_dump(), id=uuid.uuid4().hex, state="submitting", created_at=now, updated_at=now)
+            await conn.execute(_SQL_INSERT, *_values(row))
+            return row, False
+
+    async def update(self, row_id: str, changes: Changes, *, now: float) -> LedgerRow:
+        data = changes.model_dump(mode="json")
+        fields = ("state", "task_id", "finished_at", "images", "usage", "cost_usd", "error", "saved_files")
+        async with self._connection() as conn:
+            found = await conn.fetchrow(_SQL_UPDATE, row_id, *(data[field] for field in fields), now)
+        if found is None:
+            raise LedgerError(f"no generation {row_id!r} in the ledger")
+        return _to_row(found)
+
+    async def mark_delivered(self, row_id: str) -> bool:
+        async with self._connection() as conn:
+            status: str = await conn.execute(_SQL_DELIVER, row_id)
+        return status == "UPDATE 1"
+
+    async def get(self, row_id: str) -> LedgerRow | None:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(_SQL_GET, row_id)
+        return None if found is None else _to_row(found)
+
+    async def by_task(self, task_id: str, *, principal: str | None) -> LedgerRow | None:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(_SQL_BY_TASK, task_id, principal)
+        return None if found is None else _to_row(found)
+
+    async def expire_submitting(self, *, older_than: float, now: float) -> int:
+        async with self._connection() as conn:
+            status: str = await conn.execute(_SQL_EXPIRE, now, older_than)
+        return int(status.rpartition(" ")[2])  # "UPDATE <count>"
+
+    async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
+        where: list[str] = []
+        params: list[Any] = []
+
+        def add(name: str, *values: Any) -> None:
+            where.append(_HISTORY_WHERE[name].format(*range(len(params) + 1, len(params) + 1 + len(values))))
+            params.extend(values)
+
+        if query.search is not None:
+            words = search_words(query.search)
+            if not words:  # nothing to look for (only punctuation): nothing matches
+                return [], None
+            add("search", _tsquery(words))
+        for name in ("principal", "model", "state", "since", "until"):
+            if (value := getattr(query, name)) is not None:
+                add(name, value)
+        if query.cursor is not None:
+            add("cursor", *decode_cursor(query.cursor))
+        sql = _SQL_HISTORY.format(where=" AND ".join(where) or "true", limit=len(params) + 1)
+        async with self._connection() as conn:
+            found = await conn.fetch(sql, *params, query.limit + 1)
+        rows = [_to_row(record) for record in found[: query.limit]]
+        return rows, encode_cursor(rows[-1]) if len(found) > query.limit else None
+
+    async def spend(self, *, principal: str, since: float) -> float:
+        async with self._connection() as conn:
+            total = await conn.fetchval(_SQL_SPEND, principal, since)
+        return float(total)
+
+    async def _insert_rows(self, rows: Iterable[LedgerRow]) -> None:
+        """Many finished rows in one transaction (bench/ledger.py fills a large ledger with it)."""
+        async with self._transaction() as conn:
+            await conn.executemany(_SQL_INSERT, [_values(row) for row in rows])
+        async with self._connection() as conn:
+            await conn.execute(_SQL_ANALYZE)  # what autovacuum would do soon after a bulk load
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(_SQL_SCHEMA_LOCK)  # replicas starting together: one migrates, the others then wait
+            version = await conn.fetchval(_SQL_VERSION) if await conn.fetchval(_SQL_META_EXISTS) else 0
+            if version > len(_MIGRATIONS):
+                raise LedgerError(
+                    f"the ledger at {_redacted(self._url)} has schema version {version}, newer than this qolaba-mcp"
+                    f" understands ({len(_MIGRATIONS)}); upgrade qolaba-mcp or point QOLABA_LEDGER_URL elsewhere"
+                )
+            for number in range(version + 1, len(_MIGRATIONS) + 1):
+                await conn.execute(_MIGRATIONS[number - 1])
+                await conn.execute(_SQL_SET_VERSION, number)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; the driver's errors become LedgerError here, once."""
+        if self._pool is None:
+            raise LedgerError("the ledger is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise LedgerError(f"the ledger at {_redacted(self._url)} failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn

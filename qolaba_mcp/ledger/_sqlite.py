@@ -1,0 +1,374 @@
+"""The SQLite ledger: one file, shared safely by several server processes.
+
+``sqlite3`` blocks, so every call runs in a worker thread and the event loop never waits on the disk. Writes go
+through one connection, one thread at a time, so this process's own writers queue without busy-waiting; each is a
+``BEGIN IMMEDIATE`` transaction, which takes the file's write lock before reading, so ``begin_or_join`` is atomic
+across processes too (another process's writer waits up to ``BUSY_TIMEOUT_S``). Reads use up to ``READERS`` more
+connections, which WAL lets run beside a write. ``:memory:`` is one connection for everything: a second connection
+would be a second, empty database.
+
+This module also holds what both backends share about history queries (search words, cursors): it imports only
+the standard library, so the PostgreSQL backend can use it for free.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._records import Changes, LedgerError, LedgerRow, NewGeneration, Query
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write before giving up
+READERS = 4  # read connections (and threads) per store
+MAX_SEARCH_WORDS = 16  # a longer search keeps its first words: enough to find anything, bounded cost
+MIN_PREFIX = 2  # a last word this long also matches as a prefix; "s*" would merge the lists of every word in s
+FEW_MATCHES = 1000  # up to this many matches, history sorts them all rather than walk a time index
+
+# Migration N (list index N-1) moves the schema from version N-1 to N, so len(_MIGRATIONS) == SCHEMA_VERSION and
+# version 2 is one more entry. Statements, not scripts: executescript() commits the open transaction first, and a
+# migration must commit together with its version bump, or two processes opening an old file could both apply it.
+_MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        "CREATE TABLE meta (schema_version INTEGER NOT NULL)",
+        "INSERT INTO meta (schema_version) VALUES (0)",
+        # seq is the rowid under a name: VACUUM may renumber an unnamed rowid, and the full-text index refers to it.
+        """CREATE TABLE generations (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            principal TEXT NOT NULL,
+            api_base TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            request TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt TEXT,
+            inputs TEXT NOT NULL,
+            state TEXT NOT NULL,
+            task_id TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            images TEXT NOT NULL,
+            usage TEXT,
+            cost_usd REAL,
+            error TEXT,
+            saved_files TEXT NOT NULL,
+            delivered INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX generations_join ON generations (principal, request_hash, created_at)",
+        "CREATE INDEX generations_task ON generations (task_id)",
+        "CREATE INDEX generations_principal_time ON generations (principal, created_at DESC, id DESC)",
+        "CREATE INDEX generations_time ON generations (created_at DESC, id DESC)",  # history of every principal
+        "CREATE INDEX generations_submitting ON generations (updated_at) WHERE state = 'submitting'",
+        # External content: the text lives once, in generations; the triggers keep the index in step.
+        """CREATE VIRTUAL TABLE generations_fts USING fts5 (
+            prompt, model, content = 'generations', content_rowid = 'seq'
+        )""",
+        """CREATE TRIGGER generations_fts_insert AFTER INSERT ON generations BEGIN
+            INSERT INTO generations_fts (rowid, prompt, model) VALUES (new.seq, new.prompt, new.model);
+        END""",
+        """CREATE TRIGGER generations_fts_delete AFTER DELETE ON generations BEGIN
+            INSERT INTO generations_fts (generations_fts, rowid, prompt, model)
+                VALUES ('delete', old.seq, old.prompt, old.model);
+        END""",
+        """CREATE TRIGGER generations_fts_update AFTER UPDATE OF prompt, model ON generations BEGIN
+            INSERT INTO generations_fts (generations_fts, rowid, prompt, model)
+                VALUES ('delete', old.seq, old.prompt, old.model);
+            INSERT INTO generations_fts (rowid, prompt, model) VALUES (new.seq, new.prompt, new.model);
+        END""",
+    ),
+]
+
+_COLUMNS = (
+    "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered"
+)
+_G_COLUMNS = ", ".join(f"g.{column}" for column in _COLUMNS.split(", "))
+_JSON_COLUMNS = ("request", "inputs", "images", "usage", "saved_files")
+
+_SQL_META_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+_SQL_VERSION = "SELECT schema_version FROM meta"
+_SQL_SET_VERSION = "UPDATE meta SET schema_version = ?"
+_SQL_INSERT = f"""INSERT INTO generations ({_COLUMNS}) VALUES (
+    :id, :principal, :api_base, :request_hash, :request, :model, :prompt, :inputs, :state, :task_id, :created_at,
+    :updated_at, :finished_at, :images, :usage, :cost_usd, :error, :saved_files, :delivered)"""
+# The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
+_SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = ? AND request_hash = ? AND api_base = ? AND created_at >= ?
+      AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND delivered = 0))
+    ORDER BY created_at DESC LIMIT 1"""
+_SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = ?"
+_SQL_BY_TASK = f"""SELECT {_COLUMNS} FROM generations WHERE task_id = ? AND (? IS NULL OR principal = ?)
+    ORDER BY created_at DESC LIMIT 1"""
+# One static statement for any Changes: a NULL parameter keeps the column as it is.
+_SQL_UPDATE = """UPDATE generations SET
+    state = coalesce(:state, state), task_id = coalesce(:task_id, task_id),
+    finished_at = coalesce(:finished_at, finished_at), images = coalesce(:images, images),
+    usage = coalesce(:usage, usage), cost_usd = coalesce(:cost_usd, cost_usd), error = coalesce(:error, error),
+    saved_files = coalesce(:saved_files, saved_files), updated_at = :now
+    WHERE id = :id"""
+_SQL_DELIVER = "UPDATE generations SET delivered = 1 WHERE id = ? AND delivered = 0"
+_SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = ? WHERE state = 'submitting' AND updated_at < ?"
+_SQL_SPEND = "SELECT total(cost_usd) FROM generations WHERE principal = ? AND created_at >= ?"
+_SQL_COUNT_MATCHES = "SELECT count(*) FROM (SELECT 1 FROM generations_fts WHERE generations_fts MATCH ? LIMIT ?)"
+# history: {where} is the fragments below that the query's filters choose, joined with AND. Without a search, and
+# for a search with many matches, a time index is walked newest first until the page is full (the unary + keeps
+# the planner from starting from the matches instead). A search with few matches starts from them, in the order
+# CROSS JOIN imposes, and sorts them: walking the index would read every row to find a handful.
+_SQL_HISTORY = f"""SELECT {_G_COLUMNS} FROM generations AS g
+    WHERE {{where}} ORDER BY g.created_at DESC, g.id DESC LIMIT ?"""
+_SQL_HISTORY_FEW_MATCHES = f"""SELECT {_G_COLUMNS}
+    FROM generations_fts CROSS JOIN generations AS g ON g.seq = generations_fts.rowid
+    WHERE generations_fts MATCH ? AND {{where}} ORDER BY g.created_at DESC, g.id DESC LIMIT ?"""
+_HISTORY_WHERE = {
+    "many_matches": "+g.seq IN (SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?)",
+    "principal": "g.principal = ?",
+    "model": "g.model = ?",
+    "state": "g.state = ?",
+    "since": "g.created_at >= ?",
+    "until": "g.created_at < ?",
+    "cursor": "(g.created_at, g.id) < (?, ?)",
+}
+
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits: how both full-text indexes split text into words
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a user's search; punctuation and operators (quotes, ``OR``, ``-``) are only separators."""
+    return _WORD.findall(text)[:MAX_SEARCH_WORDS]
+
+
+def encode_cursor(row: LedgerRow) -> str:
+    """The opaque cursor of the page after ``row``: its (created_at, id), where keyset paging resumes."""
+    return base64.urlsafe_b64encode(json.dumps([row.created_at, row.id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The (created_at, id) in a cursor from ``encode_cursor``; ValueError for anything else."""
+    try:
+        created_at, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):  # bad base64, bad JSON, not a pair
+        created_at = row_id = None
+    if not isinstance(created_at, int | float) or not isinstance(row_id, str):
+        raise ValueError("not a history cursor from this ledger; start again without one")
+    return float(created_at), row_id
+
+
+def _fts_query(words: list[str]) -> str:
+    """An FTS5 query from search words: each one quoted (a term, never an operator), the last also a prefix."""
+    return " ".join(f'"{word}"' for word in words) + ("*" if len(words[-1]) >= MIN_PREFIX else "")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _params(row: LedgerRow) -> dict[str, Any]:
+    data = row.model_dump(mode="json")
+    return {**data, **{column: _json(data[column]) for column in _JSON_COLUMNS}}
+
+
+def _to_row(values: sqlite3.Row) -> LedgerRow:
+    data = dict(values)
+    for column in _JSON_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return LedgerRow.model_validate(data)
+
+
+class SQLiteLedger:
+    """The ledger in one SQLite file (or in memory, for one process)."""
+
+    def __init__(self, *, path: str) -> None:
+        self._path = path
+        self._memory = path == ":memory:"
+        self._writer: sqlite3.Connection | None = None
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._write_limiter = anyio.CapacityLimiter(1)
+        # In memory, reads take turns with writes on the one connection.
+        self._read_limiter = self._write_limiter if self._memory else anyio.CapacityLimiter(READERS)
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(self._open)
+
+    async def close(self) -> None:
+        async with self._write_limiter:
+            await anyio.to_thread.run_sync(self._close)
+
+    async def begin_or_join(self, new: NewGeneration, *, window_seconds: float, now: float) -> tuple[LedgerRow, bool]:
+        def run(conn: sqlite3.Connection) -> tuple[LedgerRow, bool]:
+            joinable = (new.principal, new.request_hash, new.api_base, now - window_seconds)
+            found = conn.execute(_SQL_JOINABLE, joinable).fetchone()
+            if found is not None:
+                return _to_row(found), True
+            row = LedgerRow(**new.model_dump(), id=uuid.uuid4().hex, state="submitting", created_at=now, updated_at=now)
+            conn.execute(_SQL_INSERT, _params(row))
+            return row, False
+
+        return await self._write(run)
+
+    async def update(self, row_id: str, changes: Changes, *, now: float) -> LedgerRow:
+        data = changes.model_dump(mode="json")
+        params = {**data, **{c: _json(data[c]) for c in ("images", "usage", "saved_files")}, "now": now, "id": row_id}
+
+        def run(conn: sqlite3.Connection) -> LedgerRow:
+            conn.execute(_SQL_UPDATE, params)
+            found = conn.execute(_SQL_GET, (row_id,)).fetchone()
+            if found is None:
+                raise LedgerError(f"no generation {row_id!r} in the ledger")
+            return _to_row(found)
+
+        return await self._write(run)
+
+    async def mark_delivered(self, row_id: str) -> bool:
+        return await self._write(lambda conn: conn.execute(_SQL_DELIVER, (row_id,)).rowcount == 1)
+
+    async def get(self, row_id: str) -> LedgerRow | None:
+        found = await self._read(lambda conn: conn.execute(_SQL_GET, (row_id,)).fetchone())
+        return None if found is None else _to_row(found)
+
+    async def by_task(self, task_id: str, *, principal: str | None) -> LedgerRow | None:
+        found = await self._read(lambda conn: conn.execute(_SQL_BY_TASK, (task_id, principal, principal)).fetchone())
+        return None if found is None else _to_row(found)
+
+    async def expire_submitting(self, *, older_than: float, now: float) -> int:
+        return await self._write(lambda conn: conn.execute(_SQL_EXPIRE, (now, older_than)).rowcount)
+
+    async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
+        match: str | None = None
+        if query.search is not None:
+            words = search_words(query.search)
+            if not words:  # nothing to look for (only punctuation): nothing matches
+                return [], None
+            match = _fts_query(words)
+        where: list[str] = []
+        params: list[Any] = []
+        for name in ("principal", "model", "state", "since", "until", "cursor"):
+            if (value := getattr(query, name)) is not None:
+                where.append(_HISTORY_WHERE[name])
+                params += decode_cursor(value) if name == "cursor" else [value]
+
+        def run(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            sql, clauses, values = _SQL_HISTORY, where, params
+            if match is not None:
+                matches = conn.execute(_SQL_COUNT_MATCHES, (match, FEW_MATCHES + 1)).fetchone()[0]
+                if matches == 0:
+                    return []
+                if matches <= FEW_MATCHES:
+                    sql, values = _SQL_HISTORY_FEW_MATCHES, [match, *params]
+                else:
+                    clauses, values = [_HISTORY_WHERE["many_matches"], *where], [match, *params]
+            sql = sql.format(where=" AND ".join(clauses) or "1")
+            return conn.execute(sql, (*values, query.limit + 1)).fetchall()
+
+        found = await self._read(run)
+        rows = [_to_row(values) for values in found[: query.limit]]
+        return rows, encode_cursor(rows[-1]) if len(found) > query.limit else None
+
+    async def spend(self, *, principal: str, since: float) -> float:
+        total = await self._read(lambda conn: conn.execute(_SQL_SPEND, (principal, since)).fetchone()[0])
+        return float(total)
+
+    async def _insert_rows(self, rows: Iterable[LedgerRow]) -> None:
+        """Many finished rows in one transaction (bench/ledger.py fills a large ledger with it)."""
+        await self._write(lambda conn: conn.executemany(_SQL_INSERT, map(_params, rows)))
+
+    # -- threads and connections --------------------------------------------------------------------------------
+
+    # A cancelled caller still waits for its thread (run_sync's default): a transaction is never left half-seen.
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._in_transaction, run, limiter=self._write_limiter)
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._reading, run, limiter=self._read_limiter)
+
+    def _in_transaction(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = run(conn)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:  # run() or COMMIT failed
+                    conn.execute("ROLLBACK")
+            return result
+        except sqlite3.Error as exc:
+            raise LedgerError(f"the ledger at {self._path} failed: {exc}") from exc
+
+    def _reading(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            writer = self._connection()
+            if self._memory:
+                return run(writer)
+            # The read limiter lets at most READERS threads here, so at most READERS connections are ever made.
+            conn = self._idle_readers.pop() if self._idle_readers else self._connect()
+            try:
+                return run(conn)
+            finally:
+                self._idle_readers.append(conn)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"the ledger at {self._path} failed: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise LedgerError("the ledger is not open")
+        return self._writer
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions, ours are explicit. timeout is SQLite's busy_timeout.
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        # NORMAL is durable in WAL mode except for the last transactions before a power cut; it skips an fsync per
+        # commit.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _open(self) -> None:
+        try:
+            if not self._memory:
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")  # readers and a writer at once; remembered by the file
+                self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            raise LedgerError(f"cannot open the ledger at {self._path}: {exc}") from exc
+        self._writer = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find the file up to date
+        try:
+            version = conn.execute(_SQL_VERSION).fetchone()[0] if conn.execute(_SQL_META_EXISTS).fetchone() else 0
+            if version > len(_MIGRATIONS):
+                raise LedgerError(
+                    f"the ledger at {self._path} has schema version {version}, newer than this qolaba-mcp understands"
+                    f" ({len(_MIGRATIONS)}); upgrade qolaba-mcp or point QOLABA_LEDGER_URL elsewhere"
+                )
+            for number in range(version + 1, len(_MIGRATIONS) + 1):
+                for statement in _MIGRATIONS[number - 1]:
+                    conn.execute(statement)
+                conn.execute(_SQL_SET_VERSION, (number,))
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _close(self) -> None:
+        for conn in (*self._idle_readers, *([self._writer] if self._writer else [])):
+            conn.close()
+        self._idle_readers.clear()
+        self._writer = None
