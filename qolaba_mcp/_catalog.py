@@ -1,8 +1,9 @@
 """The model catalogue: what each Qolaba model accepts, shared by the sandbox, the client side and list_models.
 
-Qolaba does not publish its model list. Each entry says whether its id is documented, and which of its values
+The built-in entries are the offline fallback: each says whether its id is documented, and which of its values
 are assumed (inferred from the provider's own limits) rather than published, so nobody mistakes a guess for a
-contract. ``QOLABA_MODELS_FILE`` adds or overrides entries without a release.
+contract. ``QOLABA_MODELS_FILE`` adds or overrides entries without a release, and the live list from
+``GET /api/v1/images/models`` is merged over both by ``_prices``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ Capability = Literal[
 ]
 
 CREDIT_USD = 0.005  # "1 credit = $0.005 USD" (published)
+# Higher presets cost more per image; the sandbox charges by these and the built-in prices assume them.
+QUALITY_PRICE_FACTOR: dict[str, float] = {"2K": 2.0, "4K": 4.0}
 
 
 class CatalogFileError(QolabaError):
@@ -52,8 +55,18 @@ class ModelInfo(BaseModel):
     parameters: list[str] = Field(default_factory=lambda: ["prompt", "num_images", "seed"])
     required: list[str] = Field(default_factory=lambda: ["prompt"])
     credits_per_image: Annotated[float, Field(ge=0)] = 6.0
+    # USD per image for each quality, as the live list publishes it; empty: derived from credits_per_image.
+    quality_pricing: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    max_reference_images: Annotated[int, Field(ge=0)] | None = None
+    min_temperature: float | None = None
+    max_temperature: float | None = None
+    supports_seed: bool | None = None  # None: unknown, "seed" in parameters decides
+    description: str = ""
+    provider: str = ""
     documented: bool = False
     assumed: list[str] = Field(default_factory=list)
+    # The fields the live model list supplied (always "id" for a model it lists); only these can block a request.
+    live_fields: list[str] = Field(default_factory=list)
 
     @field_validator("parameters", "required")
     @classmethod
@@ -66,6 +79,21 @@ class ModelInfo(BaseModel):
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    @property
+    def price_usd(self) -> dict[str, float]:
+        """USD per image for each quality: the published prices, else derived from credits_per_image."""
+        if self.quality_pricing:
+            return dict(self.quality_pricing)
+        return {quality: round(self.credits_for(quality) * CREDIT_USD, 6) for quality in self.qualities}
+
+    @property
+    def price_source(self) -> Literal["live", "built-in (assumed)"]:
+        return "live" if "quality_pricing" in self.live_fields else "built-in (assumed)"
+
+    def credits_for(self, quality: str | None) -> float:
+        """Credits per image at a quality preset (the default preset when None)."""
+        return self.credits_per_image * QUALITY_PRICE_FACTOR.get(quality or self.default_quality, 1.0)
 
     def dimensions(self, aspect_ratio: str | None, quality: str | None) -> tuple[int, int]:
         """Width and height in pixels for an aspect ratio and quality preset."""

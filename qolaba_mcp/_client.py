@@ -37,6 +37,7 @@ log = logging.getLogger("qolaba_mcp.client")
 GENERATE_PATH = "/api/v1/images/generate"
 _TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_.:\-]{4,200})"')
 TASK_PATH = "/api/v1/tasks/{task_id}"
+MODELS_PATH = "/api/v1/images/models"
 _USER_AGENT = "qolaba-mcp"
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -152,6 +153,20 @@ class QolabaClient:
             return Task.from_api(body, task_id=task_id)
         except (ValueError, RecursionError) as exc:
             raise ResponseFormatError(f"The task response for {task_id} is not a task: {exc}") from exc
+
+    async def list_models(
+        self, *, api_key: SecretStr | None = None, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The raw entries of ``GET /api/v1/images/models`` (``{"models": [...]}``), objects only.
+
+        Bounded like ``get_task``: the request timeout (or a shorter ``timeout``) and ``MAX_RESPONSE_BYTES``.
+        """
+        limit = min(self._request_timeout, timeout) if timeout is not None else self._request_timeout
+        status, data, complete = await self._send("GET", MODELS_PATH, api_key=api_key, timeout=limit)
+        models = _json_object(status, data, complete, self._secrets(api_key)).get("models")
+        if not isinstance(models, list):
+            raise ResponseFormatError(f'The model list ({status}) has no "models" list')
+        return [entry for entry in models if isinstance(entry, dict)]
 
     def _auth_headers(self, api_key: SecretStr | None) -> dict[str, str]:
         value = self._key_value(api_key)

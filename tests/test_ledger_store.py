@@ -463,7 +463,8 @@ async def test_a_newer_schema_is_refused_with_a_clear_message(ledger_url: str) -
     with pytest.raises(LedgerError) as raised:
         await open_ledger(ledger_url).open()
     message = str(raised.value)
-    assert "has schema version 99, newer than this qolaba-mcp understands (1); upgrade qolaba-mcp" in message
+    expected = f"has schema version 99, newer than this qolaba-mcp understands ({SCHEMA_VERSION}); upgrade qolaba-mcp"
+    assert expected in message
     assert message.endswith("or point QOLABA_LEDGER_URL elsewhere")
     assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(99,)]  # left as it was
 
@@ -496,7 +497,7 @@ async def test_a_previous_version_is_migrated_by_the_next_entry(
         assert (await store.history(Query(search="fox")))[0] == [row]
     finally:
         await store.close()
-    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(2,)]
+    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(SCHEMA_VERSION + 1,)]
     assert await raw(ledger_url, "SELECT note FROM generations") == [(None,)]
 
 

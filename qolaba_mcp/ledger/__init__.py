@@ -20,6 +20,7 @@ from ._records import (
     LedgerStore,
     NewGeneration,
     Query,
+    Reservation,
     principal_of,
     request_hash,
 )
@@ -35,6 +36,7 @@ __all__ = [  # noqa: RUF022
     "LedgerStore",
     "NewGeneration",
     "Query",
+    "Reservation",
     "SCHEMA_VERSION",
     "default_ledger_url",
     "open_ledger",

@@ -19,7 +19,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no type information ships with asyncpg
 
-from ._records import Changes, LedgerError, LedgerRow, NewGeneration, Query
+from ._records import (
+    REPORT_MONTH_S,
+    SPEND_WINDOW_S,
+    Changes,
+    LedgerError,
+    LedgerRow,
+    NewGeneration,
+    Query,
+    Reservation,
+    build_spend_report,
+    decide_reservation,
+)
 from ._sqlite import MIN_PREFIX, decode_cursor, encode_cursor, search_words
 
 POOL_MIN = 1
@@ -67,11 +78,17 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX generations_submitting ON generations (updated_at) WHERE state = 'submitting';
     CREATE INDEX generations_search ON generations USING gin (search);
     """,
+    # 2: spend control. reserved_usd is money held for a submission whose cost is not yet known; estimate_usd the
+    # price it was reserved at. Rows from version 1 hold nothing.
+    """
+    ALTER TABLE generations ADD COLUMN estimate_usd double precision;
+    ALTER TABLE generations ADD COLUMN reserved_usd double precision NOT NULL DEFAULT 0;
+    """,
 ]
 
 _COLUMNS = (
     "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd"
 )
 _FIELDS = tuple(_COLUMNS.split(", "))
 
@@ -79,7 +96,7 @@ _SQL_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('qolaba-mcp ledger sch
 _SQL_META_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
 _SQL_VERSION = "SELECT schema_version FROM meta"
 _SQL_SET_VERSION = "UPDATE meta SET schema_version = $1"
-_SQL_INSERT = f"INSERT INTO generations ({_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, 20))})"
+_SQL_INSERT = f"INSERT INTO generations ({_COLUMNS}) VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))})"
 _SQL_REQUEST_LOCK = "SELECT pg_advisory_xact_lock(hashtext($1))"
 # The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
 _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
@@ -99,6 +116,24 @@ _SQL_DELIVER = "UPDATE generations SET delivered = true WHERE id = $1 AND NOT de
 _SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = $1 WHERE state = 'submitting' AND updated_at < $2"
 _SQL_ANALYZE = "ANALYZE generations"
 _SQL_SPEND = "SELECT coalesce(sum(cost_usd), 0) FROM generations WHERE principal = $1 AND created_at >= $2"
+# Spend control: what a row has spent is its cost once known, else the money it holds. The window is
+# created_at > now - window, so a row stops counting at exactly created_at + window (Reservation.frees_at). Every
+# reserve of one principal, on any replica, takes _SQL_SPEND_LOCK first: one reads and holds at a time.
+_SQL_SPEND_LOCK = "SELECT pg_advisory_xact_lock(hashtext('spend ' || $1))"
+_SQL_OWNER = "SELECT principal FROM generations WHERE id = $1"
+_SQL_WINDOW_SPENDING = """SELECT created_at, coalesce(cost_usd, reserved_usd) AS usd FROM generations
+    WHERE principal = $1 AND created_at > $2 AND id <> $3 AND coalesce(cost_usd, reserved_usd) > 0
+    ORDER BY created_at"""
+_SQL_RESERVE = "UPDATE generations SET estimate_usd = $2, reserved_usd = $2, updated_at = $3 WHERE id = $1"
+_SQL_SETTLE = (
+    f"UPDATE generations SET cost_usd = $2, reserved_usd = 0, updated_at = $3 WHERE id = $1 RETURNING {_COLUMNS}"
+)
+_SQL_TOUCH = f"UPDATE generations SET updated_at = $2 WHERE id = $1 RETURNING {_COLUMNS}"
+_SQL_RELEASE = f"UPDATE generations SET reserved_usd = 0, updated_at = $2 WHERE id = $1 RETURNING {_COLUMNS}"
+_SQL_SPEND_BY_MODEL = """SELECT model, count(*) FILTER (WHERE created_at > $2),
+        coalesce(sum(coalesce(cost_usd, reserved_usd)) FILTER (WHERE created_at > $2), 0),
+        coalesce(sum(coalesce(cost_usd, reserved_usd)), 0)
+    FROM generations WHERE principal = $1 AND created_at > $3 GROUP BY model"""
 # history: its WHERE clause is these fragments, chosen by the query's filters and joined with AND; {} is the
 # number of the fragment's first parameter.
 _SQL_HISTORY = f"SELECT {_COLUMNS} FROM generations WHERE {{where}} ORDER BY created_at DESC, id DESC LIMIT ${{limit}}"
@@ -237,6 +272,55 @@ class PostgresLedger:
         async with self._connection() as conn:
             total = await conn.fetchval(_SQL_SPEND, principal, since)
         return float(total)
+
+    async def reserve(
+        self,
+        row_id: str,
+        *,
+        principal: str,
+        amount: float,
+        daily_budget: float | None,
+        per_call_cap: float | None,
+        window_seconds: float = SPEND_WINDOW_S,
+        now: float,
+    ) -> Reservation:
+        async with self._transaction() as conn:
+            await conn.execute(_SQL_SPEND_LOCK, principal)
+            # Read committed: each statement after the lock sees what earlier holders of the lock committed.
+            owner = await conn.fetchval(_SQL_OWNER, row_id)
+            if owner != principal:
+                raise LedgerError(f"no generation {row_id!r} of this principal in the ledger")
+            spending = await conn.fetch(_SQL_WINDOW_SPENDING, principal, now - window_seconds, row_id)
+            reservation = decide_reservation(
+                amount=amount,
+                spending=[(record[0], record[1]) for record in spending],
+                daily_budget=daily_budget,
+                per_call_cap=per_call_cap,
+                window_seconds=window_seconds,
+            )
+            if reservation.ok:
+                await conn.execute(_SQL_RESERVE, row_id, amount, now)
+            return reservation
+
+    async def settle(self, row_id: str, *, actual_usd: float | None, now: float) -> LedgerRow:
+        if actual_usd is None:
+            return await self._change(row_id, _SQL_TOUCH, now)
+        return await self._change(row_id, _SQL_SETTLE, actual_usd, now)
+
+    async def release(self, row_id: str, *, now: float) -> LedgerRow:
+        return await self._change(row_id, _SQL_RELEASE, now)
+
+    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
+        async with self._connection() as conn:
+            found = await conn.fetch(_SQL_SPEND_BY_MODEL, principal, now - SPEND_WINDOW_S, now - REPORT_MONTH_S)
+        return build_spend_report([(record[0], record[1], record[2], record[3]) for record in found])
+
+    async def _change(self, row_id: str, sql: str, *params: Any) -> LedgerRow:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(sql, row_id, *params)
+        if found is None:
+            raise LedgerError(f"no generation {row_id!r} in the ledger")
+        return _to_row(found)
 
     async def _insert_rows(self, rows: Iterable[LedgerRow]) -> None:
         """Many finished rows in one transaction (bench/ledger.py fills a large ledger with it)."""

@@ -8,6 +8,13 @@ A row is written before the API is called (state ``submitting``) and moves on as
 Money is data here: ``begin_or_join`` is atomic per (principal, api_base, request_hash), so two identical calls
 can never both submit; ``delivered`` records that a caller has received the result, after which an identical
 call is a new, paid generation.
+
+Money held is data too: ``reserve`` holds a generation's estimated price against the principal's budget before
+the API is called, atomically with reading what the principal has spent, so concurrent calls (and replicas on one
+database) cannot together pass a budget. What counts as spent, per row created in the window: ``cost_usd`` once
+known, else ``reserved_usd``. The hold then ends one of three ways: ``settle`` (the actual cost replaces it),
+``release`` (the task failed: nothing was spent), or not at all (a submission in state ``unknown`` may have been
+paid for, so its reservation keeps counting until it ages out of the window).
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 LedgerState = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"submitting", "submitted", "running"})
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SPEND_WINDOW_S = 86_400.0  # a daily budget's window
+REPORT_MONTH_S = 30 * 86_400.0  # spend_report's longer window (the shorter is SPEND_WINDOW_S)
+# Sums of float prices are inexact (ten $0.03 make $0.30000000000000004): a budget is passed by more than this.
+BUDGET_TOLERANCE_USD = 1e-9
 
 
 class LedgerError(Exception):
@@ -65,6 +76,66 @@ class LedgerRow(NewGeneration):
     error: str | None = None
     saved_files: list[str | None] = Field(default_factory=list)
     delivered: bool = False
+    estimate_usd: float | None = Field(default=None, description="The price reserved before the call, if any.")
+    reserved_usd: float = Field(default=0.0, description="Money held while the cost is not yet known.")
+
+
+class Reservation(BaseModel):
+    """The answer of ``reserve``: whether the amount was held, and if not, which limit refused it."""
+
+    ok: bool
+    spent_usd: float = Field(description="The principal's spend in the window before this call.")
+    amount: float = Field(description="The amount asked for (held when ok).")
+    limit_name: Literal["per_call", "daily"] | None = Field(default=None, description="The limit that refused.")
+    limit_usd: float | None = Field(default=None, description="That limit's value.")
+    frees_at: float | None = Field(
+        default=None,
+        description="Unix time when enough of the window's spend ages out for the amount to fit; None when it never"
+        " will (the amount alone passes the limit) or the call was not refused by the daily budget.",
+    )
+
+
+def decide_reservation(
+    *,
+    amount: float,
+    spending: list[tuple[float, float]],
+    daily_budget: float | None,
+    per_call_cap: float | None,
+    window_seconds: float,
+) -> Reservation:
+    """What ``reserve`` answers, given ``spending``: the (created_at, usd) of the principal's rows in the window,
+    oldest first. The backends run it inside their atomic section, between reading the spend and holding it."""
+    spent = sum(usd for _, usd in spending)
+    if per_call_cap is not None and amount > per_call_cap + BUDGET_TOLERANCE_USD:
+        return Reservation(ok=False, spent_usd=spent, amount=amount, limit_name="per_call", limit_usd=per_call_cap)
+    if daily_budget is None or spent + amount <= daily_budget + BUDGET_TOLERANCE_USD:
+        return Reservation(ok=True, spent_usd=spent, amount=amount)
+    frees_at = None
+    if amount <= daily_budget + BUDGET_TOLERANCE_USD:
+        # A row leaves the window window_seconds after it was created; the oldest leave first.
+        excess, aged_out = spent + amount - daily_budget, 0.0
+        for created_at, usd in spending:
+            aged_out += usd
+            if aged_out >= excess - BUDGET_TOLERANCE_USD:
+                frees_at = created_at + window_seconds
+                break
+    return Reservation(
+        ok=False, spent_usd=spent, amount=amount, limit_name="daily", limit_usd=daily_budget, frees_at=frees_at
+    )
+
+
+def build_spend_report(by_model: list[tuple[str, int, float, float]]) -> dict[str, Any]:
+    """``spend_report``'s answer from (model, rows in the last 24 h, USD in the last 24 h, USD in the last 30 days),
+    one per model with a row in the last 30 days: a window lists every model with a row in it, even at $0."""
+    day = {model: usd for model, rows, usd, _ in by_model if rows}
+    month = {model: usd for model, _, _, usd in by_model}
+    return {
+        name: {
+            "total_usd": round(sum(usds.values()), 6),
+            "by_model": {model: round(usd, 6) for model, usd in sorted(usds.items())},
+        }
+        for name, usds in (("last_24h", day), ("last_30d", month))
+    }
 
 
 class Changes(BaseModel):
@@ -126,7 +197,41 @@ class LedgerStore(Protocol):
         ``search`` uses the database's full-text index (SQLite FTS5, PostgreSQL tsvector), never a scan."""
 
     async def spend(self, *, principal: str, since: float) -> float:
-        """USD cost recorded for ``principal`` since ``since`` (for spend control)."""
+        """USD cost recorded for ``principal`` since ``since`` (costs only: reservations are not counted)."""
+
+    async def reserve(
+        self,
+        row_id: str,
+        *,
+        principal: str,
+        amount: float,
+        daily_budget: float | None,
+        per_call_cap: float | None,
+        window_seconds: float = SPEND_WINDOW_S,
+        now: float,
+    ) -> Reservation:
+        """Hold ``amount`` USD on ``principal``'s row ``row_id`` if the limits allow it, atomically with reading the
+        spend (across processes and replicas on one database).
+
+        The spend is the sum, over ``principal``'s rows created in the last ``window_seconds`` (created_at > now -
+        window_seconds) other than ``row_id``, of cost_usd when known, else reserved_usd. Refused (nothing written)
+        if ``amount > per_call_cap`` or ``spend + amount > daily_budget`` (None: no such limit); else the row gets
+        ``estimate_usd = reserved_usd = amount``. Reserving a row again replaces its reservation. A LedgerError if
+        the row does not exist or is another principal's."""
+
+    async def settle(self, row_id: str, *, actual_usd: float | None, now: float) -> LedgerRow:
+        """The task finished: its actual cost, when known, replaces its reservation (cost_usd = actual_usd,
+        reserved_usd = 0). ``None`` (the API reported no cost) keeps the reservation as what it cost."""
+
+    async def release(self, row_id: str, *, now: float) -> LedgerRow:
+        """The task failed, so nothing was spent: its reservation is freed (reserved_usd = 0).
+
+        A submission in state ``unknown`` is neither settled nor released: it may have been paid for, so its
+        reservation keeps counting until it leaves the window (or a later check settles or releases it)."""
+
+    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
+        """``principal``'s spend (cost when known, else reservation) over the last 24 h and 30 days:
+        ``{"last_24h": {"total_usd": x, "by_model": {model: x}}, "last_30d": {...}}``, in USD rounded to 1e-6."""
 
 
 def principal_of(api_key: str) -> str:

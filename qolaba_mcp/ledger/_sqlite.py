@@ -25,7 +25,18 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._records import Changes, LedgerError, LedgerRow, NewGeneration, Query
+from ._records import (
+    REPORT_MONTH_S,
+    SPEND_WINDOW_S,
+    Changes,
+    LedgerError,
+    LedgerRow,
+    NewGeneration,
+    Query,
+    Reservation,
+    build_spend_report,
+    decide_reservation,
+)
 
 T = TypeVar("T")
 
@@ -87,11 +98,17 @@ _MIGRATIONS: list[tuple[str, ...]] = [
             INSERT INTO generations_fts (rowid, prompt, model) VALUES (new.seq, new.prompt, new.model);
         END""",
     ),
+    # 2: spend control. reserved_usd is money held for a submission whose cost is not yet known; estimate_usd the
+    # price it was reserved at. Rows from version 1 hold nothing.
+    (
+        "ALTER TABLE generations ADD COLUMN estimate_usd REAL",
+        "ALTER TABLE generations ADD COLUMN reserved_usd REAL NOT NULL DEFAULT 0",
+    ),
 ]
 
 _COLUMNS = (
     "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd"
 )
 _G_COLUMNS = ", ".join(f"g.{column}" for column in _COLUMNS.split(", "))
 _JSON_COLUMNS = ("request", "inputs", "images", "usage", "saved_files")
@@ -101,7 +118,8 @@ _SQL_VERSION = "SELECT schema_version FROM meta"
 _SQL_SET_VERSION = "UPDATE meta SET schema_version = ?"
 _SQL_INSERT = f"""INSERT INTO generations ({_COLUMNS}) VALUES (
     :id, :principal, :api_base, :request_hash, :request, :model, :prompt, :inputs, :state, :task_id, :created_at,
-    :updated_at, :finished_at, :images, :usage, :cost_usd, :error, :saved_files, :delivered)"""
+    :updated_at, :finished_at, :images, :usage, :cost_usd, :error, :saved_files, :delivered, :estimate_usd,
+    :reserved_usd)"""
 # The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
 _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = ? AND request_hash = ? AND api_base = ? AND created_at >= ?
@@ -120,6 +138,20 @@ _SQL_UPDATE = """UPDATE generations SET
 _SQL_DELIVER = "UPDATE generations SET delivered = 1 WHERE id = ? AND delivered = 0"
 _SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = ? WHERE state = 'submitting' AND updated_at < ?"
 _SQL_SPEND = "SELECT total(cost_usd) FROM generations WHERE principal = ? AND created_at >= ?"
+# Spend control: what a row has spent is its cost once known, else the money it holds. The window is
+# created_at > now - window, so a row stops counting at exactly created_at + window (Reservation.frees_at).
+_SQL_OWNER = "SELECT principal FROM generations WHERE id = ?"
+_SQL_WINDOW_SPENDING = """SELECT created_at, coalesce(cost_usd, reserved_usd) AS usd FROM generations
+    WHERE principal = ? AND created_at > ? AND id <> ? AND coalesce(cost_usd, reserved_usd) > 0
+    ORDER BY created_at"""
+_SQL_RESERVE = "UPDATE generations SET estimate_usd = ?, reserved_usd = ?, updated_at = ? WHERE id = ?"
+_SQL_SETTLE = """UPDATE generations SET cost_usd = ?, reserved_usd = 0, updated_at = ? WHERE id = ?"""
+_SQL_TOUCH = "UPDATE generations SET updated_at = ? WHERE id = ?"
+_SQL_RELEASE = "UPDATE generations SET reserved_usd = 0, updated_at = ? WHERE id = ?"
+_SQL_SPEND_BY_MODEL = """SELECT model, count(CASE WHEN created_at > :day THEN 1 END),
+        total(CASE WHEN created_at > :day THEN coalesce(cost_usd, reserved_usd) END),
+        total(coalesce(cost_usd, reserved_usd))
+    FROM generations WHERE principal = :principal AND created_at > :month GROUP BY model"""
 _SQL_COUNT_MATCHES = "SELECT count(*) FROM (SELECT 1 FROM generations_fts WHERE generations_fts MATCH ? LIMIT ?)"
 # history: {where} is the fragments below that the query's filters choose, joined with AND. Without a search, and
 # for a search with many matches, a time index is walked newest first until the page is full (the unary + keeps
@@ -278,6 +310,59 @@ class SQLiteLedger:
     async def spend(self, *, principal: str, since: float) -> float:
         total = await self._read(lambda conn: conn.execute(_SQL_SPEND, (principal, since)).fetchone()[0])
         return float(total)
+
+    async def reserve(
+        self,
+        row_id: str,
+        *,
+        principal: str,
+        amount: float,
+        daily_budget: float | None,
+        per_call_cap: float | None,
+        window_seconds: float = SPEND_WINDOW_S,
+        now: float,
+    ) -> Reservation:
+        # Inside the BEGIN IMMEDIATE of _write: no other writer, in any process, between the read and the hold.
+        def run(conn: sqlite3.Connection) -> Reservation:
+            owner = conn.execute(_SQL_OWNER, (row_id,)).fetchone()
+            if owner is None or owner[0] != principal:
+                raise LedgerError(f"no generation {row_id!r} of this principal in the ledger")
+            spending = conn.execute(_SQL_WINDOW_SPENDING, (principal, now - window_seconds, row_id)).fetchall()
+            reservation = decide_reservation(
+                amount=amount,
+                spending=[(created_at, usd) for created_at, usd in spending],
+                daily_budget=daily_budget,
+                per_call_cap=per_call_cap,
+                window_seconds=window_seconds,
+            )
+            if reservation.ok:
+                conn.execute(_SQL_RESERVE, (amount, amount, now, row_id))
+            return reservation
+
+        return await self._write(run)
+
+    async def settle(self, row_id: str, *, actual_usd: float | None, now: float) -> LedgerRow:
+        if actual_usd is None:
+            return await self._change(row_id, _SQL_TOUCH, (now, row_id))
+        return await self._change(row_id, _SQL_SETTLE, (actual_usd, now, row_id))
+
+    async def release(self, row_id: str, *, now: float) -> LedgerRow:
+        return await self._change(row_id, _SQL_RELEASE, (now, row_id))
+
+    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
+        params = {"principal": principal, "day": now - SPEND_WINDOW_S, "month": now - REPORT_MONTH_S}
+        found = await self._read(lambda conn: conn.execute(_SQL_SPEND_BY_MODEL, params).fetchall())
+        return build_spend_report([(model, rows, day, month) for model, rows, day, month in found])
+
+    async def _change(self, row_id: str, sql: str, params: tuple[Any, ...]) -> LedgerRow:
+        def run(conn: sqlite3.Connection) -> LedgerRow:
+            conn.execute(sql, params)
+            found = conn.execute(_SQL_GET, (row_id,)).fetchone()
+            if found is None:
+                raise LedgerError(f"no generation {row_id!r} in the ledger")
+            return _to_row(found)
+
+        return await self._write(run)
 
     async def _insert_rows(self, rows: Iterable[LedgerRow]) -> None:
         """Many finished rows in one transaction (bench/ledger.py fills a large ledger with it)."""

@@ -28,6 +28,7 @@ log = logging.getLogger("qolaba_mcp.sandbox")
 
 FaultKind = Literal["rate_limit", "server_error", "disconnect", "lost_response", "malformed", "failed_task"]
 FaultTarget = Literal["submit", "poll", "both"]
+ModelsEndpoint = Literal["ok", "404", "500", "garbage"]
 PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "mixed"]
 _SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level")
 
@@ -91,6 +92,10 @@ class SandboxConfig(BaseModel):
     random_seed: int | None = Field(default=None, description="Seed for the fault dice, for repeatable runs.")
     api_keys: list[str] | None = Field(
         default=None, description="When set, only these keys are accepted (others get 401); else any key."
+    )
+    models_endpoint: ModelsEndpoint = Field(
+        default="ok",
+        description="How GET /api/v1/images/models answers: the list, 404, 500, or a body that is not JSON.",
     )
 
 
@@ -157,6 +162,7 @@ _COUNTERS = (
     "sync_generations",
     "async_tasks",
     "polls",
+    "model_lists",  # every GET of the model list
     "image_downloads",
     "rejected",  # 400s
     "unauthorized",  # 401s
@@ -251,6 +257,7 @@ class Sandbox:
             routes=[
                 Route("/api/v1/images/generate", self._generate, methods=["POST"]),
                 Route("/api/v1/tasks/{task_id}", self._get_task, methods=["GET"]),
+                Route("/api/v1/images/models", self._models, methods=["GET"]),
                 Route("/_sandbox/images/{task_id}/{index:int}.png", self._image, methods=["GET"]),
                 Route("/_sandbox/stats", self._stats, methods=["GET"]),
                 Route("/_sandbox/reset", self._reset, methods=["POST"]),
@@ -332,6 +339,21 @@ class Sandbox:
         if task is None:
             return _error(404, "Not Found", f"Unknown task: {task_id}")
         return JSONResponse(self._task_body(task, request))
+
+    async def _models(self, request: Request) -> Response:
+        state = self.state
+        state.counters["model_lists"] += 1
+        refusal = self._refuse_key(request)
+        if refusal is not None:
+            return refusal
+        mode = state.config.models_endpoint
+        if mode == "404":
+            return _error(404, "Not Found", "Cannot GET /api/v1/images/models (sandbox fault).")
+        if mode == "500":
+            return _error(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
+        if mode == "garbage":
+            return Response(b"<html>502 Bad Gateway</html>", status_code=200, media_type="application/json")
+        return JSONResponse({"models": [_model_entry(model) for model in state.catalog]})
 
     async def _image(self, request: Request) -> Response:
         task = self.state.tasks.get(request.path_params["task_id"])
@@ -431,7 +453,7 @@ class Sandbox:
         ]
 
     def _usage(self, task: _Task) -> Usage:
-        credits = _count(task) * task.model.credits_per_image
+        credits = _count(task) * task.model.credits_for(task.request.quality)
         return Usage(images_generated=_count(task), cost_usd=round(credits * CREDIT_USD, 6), cost_credits=credits)
 
     def _result(self, task: _Task, request: Request) -> dict[str, Any]:
@@ -474,6 +496,37 @@ class Sandbox:
             else:
                 body.update(result)
         return body
+
+
+_PROVIDER_NAMES = {"vertex": "Google Vertex AI", "openai": "OpenAI", "fal": "fal.ai"}
+
+
+def _model_entry(model: ModelInfo) -> dict[str, Any]:
+    """One model as ``GET /api/v1/images/models`` lists it; prices match what a generation is charged."""
+    provider = model.id.partition("/")[0]
+    entry: dict[str, Any] = {
+        "id": model.id,
+        "name": model.display_name,
+        "provider": provider,
+        "providerName": _PROVIDER_NAMES.get(provider, provider),
+        "description": model.description or model.display_name,
+        "capabilities": [capability.replace("-", "_") for capability in model.capabilities],
+        "imageSize": list(model.aspect_ratios),
+        "quality_pricing": model.price_usd,
+        "outputFormat": "png",
+        "maxNumImages": model.max_images,
+        "defaultNumImages": 1,
+        "supportsSeed": "seed" in model.parameters,
+    }
+    if "quality" in model.parameters:  # only models that take a preset publish their presets
+        entry["quality"] = list(model.qualities)
+    if "temperature" in model.parameters:
+        low = 0.0 if model.min_temperature is None else model.min_temperature
+        high = 2.0 if model.max_temperature is None else model.max_temperature
+        entry.update(minTemperature=low, maxTemperature=high, defaultTemperature=min(max(1.0, low), high))
+    if "reference_images" in model.parameters:
+        entry["maxReferenceImages"] = 14 if model.max_reference_images is None else model.max_reference_images
+    return entry
 
 
 def _count(task: _Task) -> int:
