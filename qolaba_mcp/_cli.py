@@ -227,7 +227,24 @@ def _serve(args: argparse.Namespace) -> int:
             server.run("stdio")
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:  # the ledger failing to open arrives wrapped in the server's task groups
+        problem = _ledger_problem(exc)
+        if problem is None:
+            raise
+        print(f"qolaba-mcp: {problem}", file=sys.stderr)
+        return 2
     finally:
         if sandbox is not None:
             sandbox.stop()
     return 0
+
+
+def _ledger_problem(exc: BaseException) -> str | None:
+    """The message of a LedgerError at the root of ``exc`` (start-up cannot go on without the ledger), if any."""
+    from .ledger import LedgerError
+
+    if isinstance(exc, LedgerError):
+        return f"{exc} (QOLABA_LEDGER_URL; set it to off to run without a ledger)"
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for inner in exc.exceptions if (found := _ledger_problem(inner))), None)
+    return None

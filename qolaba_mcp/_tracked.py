@@ -27,6 +27,7 @@ from ._models import GenerateRequest, ImageOutput, Usage
 from .ledger import (
     Changes,
     ImageRecord,
+    LedgerError,
     LedgerRow,
     LedgerState,
     LedgerStore,
@@ -107,7 +108,13 @@ class TrackedJobs:
             prompt=request.prompt,
             inputs=inputs or [],
         )
-        row, joined = await self.ledger.begin_or_join(new, window_seconds=self._window, now=time.time())
+        try:
+            row, joined = await self.ledger.begin_or_join(new, window_seconds=self._window, now=time.time())
+        except LedgerError as exc:  # no record, no submission: a paid result must never go unrecorded
+            raise QolabaError(
+                f"The generation ledger is unavailable ({exc}); nothing was submitted. Retry shortly, or ask the "
+                "server's operator to check QOLABA_LEDGER_URL."
+            ) from exc
         if joined:
             log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
             return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
@@ -175,7 +182,17 @@ class TrackedJobs:
     ) -> Tracked:
         """A task from the ledger (finished ones without asking the API), polled while it runs; the caller's only."""
         principal = self.principal(api_key)
-        row = await self.ledger.by_task(task_id, principal=None)
+        try:
+            row = await self.ledger.by_task(task_id, principal=None)
+        except LedgerError:  # the API can still answer: a read-only call need not fail with the ledger
+            log.exception("the ledger could not be read for task %s; asking the API", task_id)
+            return Tracked(
+                **(
+                    await self.jobs.get_task(
+                        task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
+                    )
+                ).model_dump()
+            )
         if row is not None and row.principal != principal:
             # Another caller's: answered exactly as a task that does not exist, so nothing about it leaks.
             raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)

@@ -301,3 +301,37 @@ async def test_history_cli_prints_the_table(sandbox: SandboxServer, tmp_path: Pa
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert "No generations match" in none.stdout
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "newer-schema"])
+def test_a_ledger_that_cannot_be_used_is_a_clear_start_up_error(
+    sandbox: SandboxServer, tmp_path: Path, problem: str
+) -> None:
+    if problem == "unreachable":
+        url = "postgresql://postgres:hunter2secret@127.0.0.1:1/ledger"  # nothing listens on port 1
+    else:
+        database = tmp_path / "ledger.db"
+        import sqlite3
+
+        from qolaba_mcp.ledger import open_ledger
+
+        anyio.run(lambda: _open_and_close(open_ledger(f"sqlite:///{database}")))
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE meta SET schema_version = 99")
+        url = f"sqlite:///{database}"
+    done = subprocess.run(
+        [sys.executable, "-m", "qolaba_mcp"],
+        env=server_env(sandbox.base_url, QOLABA_LEDGER_URL=url),
+        input=b"", capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == b""
+    message = done.stderr.decode()
+    assert "QOLABA_LEDGER_URL" in message and "Traceback" not in message
+    assert "hunter2secret" not in message
+    if problem == "newer-schema":
+        assert "schema version 99" in message
+
+
+async def _open_and_close(store: Any) -> None:
+    await store.open()
+    await store.close()
