@@ -25,6 +25,7 @@ from ._errors import (
 from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id
 from ._models import GenerateRequest, ImageOutput, Usage
 from .ledger import (
+    ACTIVE_STATES,
     Changes,
     ImageRecord,
     LedgerError,
@@ -186,13 +187,7 @@ class TrackedJobs:
             row = await self.ledger.by_task(task_id, principal=None)
         except LedgerError:  # the API can still answer: a read-only call need not fail with the ledger
             log.exception("the ledger could not be read for task %s; asking the API", task_id)
-            return Tracked(
-                **(
-                    await self.jobs.get_task(
-                        task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
-                    )
-                ).model_dump()
-            )
+            row = None
         if row is not None and row.principal != principal:
             # Another caller's: answered exactly as a task that does not exist, so nothing about it leaks.
             raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)
@@ -218,7 +213,7 @@ class TrackedJobs:
         except TaskNotFoundError:
             if is_local_task_id(row.task_id):  # its process is gone; the row says whether it ever settled
                 latest = await self.ledger.get(row.id) or row
-                if latest.state in ACTIVE:
+                if latest.state in ACTIVE_STATES:
                     latest = await self.ledger.update(
                         row.id, Changes(state="unknown", error="the server holding it stopped"), now=time.time()
                     )
@@ -253,9 +248,6 @@ class TrackedJobs:
                 await self.ledger.update(row_id, changes, now=time.time())
             except Exception:
                 log.exception("the ledger could not record %s for %s", changes.state or "a change", row_id)
-
-
-ACTIVE = frozenset({"submitting", "submitted", "running"})
 
 
 def _changes(generation: Generation) -> Changes:
