@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from ._errors import QolabaError
 
@@ -97,6 +97,22 @@ class Settings(BaseModel):
         description="A generate_image call identical to one made within this many seconds, still running or "
         "not yet delivered, joins it instead of paying again (0 turns joining off).",
     )
+    max_cost_per_call_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse a generate_image call whose estimated price passes this many USD (unset: no cap).",
+    )
+    daily_budget_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse a generate_image call that would take a caller's spend over the last 24 hours past "
+        "this many USD (unset: no budget).",
+    )
+    confirm_above_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Ask the user to confirm a generate_image call estimated above this many USD (unset: never ask).",
+    )
     mcp_auth_token: SecretStr | None = Field(
         default=None,
         description="HTTP transport: the bearer token every request must carry (required off loopback).",
@@ -127,6 +143,14 @@ class Settings(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _budget_needs_ledger(self) -> Settings:
+        if self.daily_budget_usd is not None and (self.ledger_url or "").strip().lower() == "off":
+            raise ValueError(
+                "QOLABA_DAILY_BUDGET_USD needs the ledger to count spend, but QOLABA_LEDGER_URL is off: unset one"
+            )
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``QOLABA_<FIELD>`` variables (empty ones count as unset), then ``overrides``."""
@@ -140,7 +164,9 @@ class Settings(BaseModel):
             return cls.model_validate({**values, **overrides})
         except ValidationError as exc:
             problems = "; ".join(
-                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}" if err["loc"] else err["msg"]
+                f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}"
+                if err["loc"]
+                else str(err["msg"]).removeprefix("Value error, ")
                 for err in exc.errors(include_input=False, include_url=False)
             )
             raise SettingsError(f"invalid configuration: {problems}") from None

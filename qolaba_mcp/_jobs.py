@@ -83,6 +83,7 @@ class Generation(BaseModel):
     notes: list[str] = Field(
         default_factory=list, description="What could not be used: odd API fields, images left out, delivery."
     )
+    estimate_usd: float | None = Field(default=None, description="The price estimated before submitting, USD.")
 
     @property
     def done(self) -> bool:

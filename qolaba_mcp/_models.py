@@ -127,7 +127,7 @@ AspectRatio = Annotated[
     str | None,
     Field(
         pattern=r"^[1-9][0-9]?:[1-9][0-9]?$",
-        description="Width:height, like 16:9 (one of the model's aspect_ratios in list_models).",
+        description="Width:height, like 16:9 (see list_models).",
     ),
 ]
 Quality = Annotated[
@@ -135,11 +135,11 @@ Quality = Annotated[
     Field(
         min_length=1,
         max_length=20,
-        description="Preset, one of the model's qualities: 1K/2K/4K (Vertex), low/medium/high (GPT Image).",
+        description="A quality preset of the model, like 1K/2K/4K or low/medium/high (see list_models).",
     ),
 ]
 NumImages = Annotated[
-    int | None, Field(ge=1, le=10, description="How many images (no more than the model's max_images)."), NotBool
+    int | None, Field(ge=1, le=10, description="How many images (up to the model's max_images)."), NotBool
 ]
 Seed = Annotated[
     int | None,

@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._jobs import Generation, is_local_task_id
 from ._models import url_problem
+from ._spend import SpendRefusedError, usd
 from .ledger import LedgerRow
 
 log = logging.getLogger("qolaba_mcp.results")
@@ -46,16 +47,28 @@ class GenerationResult(Generation):
         default=False, description="True when this call joined an identical earlier generation instead of paying again."
     )
 
+    cost_usd: float | None = Field(default=None, description="What the API reported this task cost, USD.")
     next_step: str | None = Field(default=None, description="What to do next, when the task is not done.")
     saved_files: list[str | None] = Field(
         default_factory=list, description="Local path of each image, in order (null where not saved)."
     )
 
 
+class ListedModel(ModelInfo):
+    """A model as list_models shows it: its limits, and its price per image by quality with where that came from."""
+
+    usd_per_image: dict[str, float] = Field(description="USD per image for each quality preset.")
+    price_from: str = Field(description="live: Qolaba's published model list; built-in (assumed): our estimate.")
+
+    @classmethod
+    def of(cls, model: ModelInfo) -> ListedModel:
+        return cls(**model.model_dump(), usd_per_image=model.price_usd, price_from=model.price_source)
+
+
 class ModelList(BaseModel):
     """The result of list_models."""
 
-    models: list[ModelInfo]
+    models: list[ListedModel]
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -69,6 +82,7 @@ def generation_result(
     stay in the text, which may grow to LEGACY_TEXT_BUDGET.
     """
     result = GenerationResult(**generation.model_dump())
+    result.cost_usd = generation.usage.cost_usd if generation.usage else None
     notes = list(generation.notes)
     if delivered is not None:
         result.saved_files = delivered.saved if any(delivered.saved) else []
@@ -159,7 +173,11 @@ def summary(result: GenerationResult, *, links: bool = True) -> str:
         return clip(text, TEXT_BUDGET)
     cost = ""
     if result.usage and result.usage.cost_credits is not None:
-        cost = f", cost {result.usage.cost_credits:g} credits (${result.usage.cost_usd or 0:g})"
+        cost = f", cost {result.usage.cost_credits:g} credits ({usd(result.usage.cost_usd or 0)})"
+    elif result.cost_usd is not None:
+        cost = f", cost {usd(result.cost_usd)}"
+    if result.estimate_usd is not None:
+        cost += f", estimated {usd(result.estimate_usd)}"
     head = joined + (
         f"Generated {len(result.images)} image(s) with {result.model or 'the model'} in "
         f"{result.elapsed_seconds:.1f} s (task_id {result.task_id}, seed {result.seed}{cost})"
@@ -192,8 +210,13 @@ def model_line(model: ModelInfo) -> str:
     return (
         f"{model.id} ({model.display_name}): {', '.join(model.capabilities)}; max images {model.max_images}; "
         f"aspect ratios {', '.join(model.aspect_ratios)}; quality {', '.join(model.qualities)}; "
-        f"parameters {', '.join(model.parameters)} [{status}]"
+        f"parameters {', '.join(model.parameters)}; {_prices(model)} [{status}]"
     )
+
+
+def _prices(model: ModelInfo) -> str:
+    prices = ", ".join(f"{quality} {usd(price)}" for quality, price in model.price_usd.items())
+    return f"price per image {prices or 'unknown'} ({model.price_source})"
 
 
 def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> str:
@@ -206,7 +229,7 @@ def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> 
 
 def _advice(exc: QolabaError, catalog: Catalog, model: str | None, task_id: str | None) -> str:
     task = f" (task_id {task_id})" if task_id else ""
-    if isinstance(exc, MissingApiKeyError | InvalidTaskIdError):
+    if isinstance(exc, MissingApiKeyError | InvalidTaskIdError | SpendRefusedError):
         return exc.message
     if isinstance(exc, BadRequestError):
         text = f"The Qolaba API rejected the request: {exc.message}. Fix the named argument and call again."

@@ -20,12 +20,20 @@ def portable_input(schema: dict[str, Any]) -> dict[str, Any]:
     return _node(schema, schema.get("$defs", {}))
 
 
-def portable_output(schema: dict[str, Any]) -> dict[str, Any]:
-    """An output schema one level deep: nested shapes are named in the tool's description, not spelt out."""
-    properties = {name: _output_property(sub) for name, sub in schema.get("properties", {}).items()}
+def portable_output(schema: dict[str, Any], keep: frozenset[str] | None = None) -> dict[str, Any]:
+    """An output schema one level deep: nested shapes are named in the tool's description, not spelt out.
+
+    ``keep`` lists the properties worth their bytes in tools/list; the result may hold more (the schema does not
+    forbid other properties), so leaving one out never makes a result invalid."""
+    properties = {
+        name: _output_property(sub)
+        for name, sub in schema.get("properties", {}).items()
+        if keep is None or name in keep
+    }
     out: dict[str, Any] = {"type": "object", "properties": properties}
-    if schema.get("required"):
-        out["required"] = list(schema["required"])
+    required = [name for name in schema.get("required", []) if name in properties]
+    if required:
+        out["required"] = required
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -13,9 +14,11 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote
 
 import anyio
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
+from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -30,9 +33,11 @@ from ._delivery import Delivered, Delivery, default_data_dir, default_output_dir
 from ._errors import QolabaError
 from ._jobs import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
 from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
+from ._prices import LiveCatalog, check_request
 from ._results import (
     GenerationList,
     GenerationResult,
+    ListedModel,
     ModelList,
     argument_errors,
     explain,
@@ -42,7 +47,17 @@ from ._results import (
     model_line,
 )
 from ._schemas import NULL_MEANS, portable_input, portable_output
-from ._tracked import TrackedJobs
+from ._spend import (
+    Quote,
+    SpendApproval,
+    SpendReport,
+    approval_question,
+    cannot_ask,
+    check_caps,
+    not_confirmed,
+    quote,
+)
+from ._tracked import Budget, TrackedJobs
 from .ledger import LedgerError, LedgerRow, LedgerStore, Query, default_ledger_url, open_ledger
 
 log = logging.getLogger("qolaba_mcp.server")
@@ -105,7 +120,8 @@ class AppContext:
     settings: Settings
     jobs: Jobs
     delivery: Delivery
-    catalog: Catalog
+    catalog: Catalog  # the built-in catalogue with the models file: what LiveCatalog falls back to
+    prices: LiveCatalog  # the catalogue with the live model list merged in: prices and published limits
     save_by_default: bool
     catalog_warning: str | None = None
     links: IssuedLinks = field(default_factory=IssuedLinks)
@@ -187,10 +203,20 @@ def _keyword(name: str, field: FieldInfo | Any) -> inspect.Parameter:
     )
 
 
-def _set_signature(tool: Callable[..., Any], params: list[inspect.Parameter], returns: Any) -> None:
-    """Give ``tool(ctx, **arguments)`` the flat signature the SDK derives the input schema from."""
+def _set_signature(
+    tool: Callable[..., Any], params: list[inspect.Parameter], returns: Any, *, resolved: dict[str, Any] | None = None
+) -> None:
+    """Give ``tool(ctx, **arguments)`` the flat signature the SDK derives the input schema from.
+
+    ``resolved`` are parameters the SDK fills by running a resolver (``Annotated[T, Resolve(fn)]``) rather than
+    from the arguments; the SDK finds them in the annotations, so they go there too."""
     ctx = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context[AppContext])
-    tool.__signature__ = inspect.Signature([ctx, *params], return_annotation=returns)  # type: ignore[attr-defined]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind)
+        for name, kind in (resolved or {}).items()
+    ]
+    tool.__signature__ = inspect.Signature([ctx, *extra, *params], return_annotation=returns)  # type: ignore[attr-defined]
+    tool.__annotations__.update(resolved or {})
 
 
 def _wait_seconds(settings: Settings, default: float) -> FieldInfo:
@@ -214,7 +240,7 @@ _MODE = FieldInfo.from_annotated_attribute(
     Literal["async", "sync"] | None,  # type: ignore[arg-type]
     Field(
         default="async",
-        description="async: submit, then poll with progress. sync: one blocking request (fast models).",
+        description="async polls with progress; sync is one blocking request (fast models).",
     ),
 )
 
@@ -307,6 +333,7 @@ def build_server(
                     tracked=tracked,
                     delivery=delivery,
                     catalog=catalog,
+                    prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
                     save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
                     catalog_warning=warning,
                 )
@@ -321,22 +348,45 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
-        tools=[_generate_image_tool(settings), _get_task_tool(settings), _list_models_tool(), _list_generations_tool()],
+        tools=[
+            _generate_image_tool(settings),
+            _get_task_tool(settings),
+            _list_models_tool(),
+            _list_generations_tool(),
+            _get_spend_tool(),
+        ],
     )
     _add_resources(server)
     return server
 
 
-def _tool(fn: Callable[..., Any], *, title: str, description: str, read_only: bool, open_world: bool) -> Tool:
+# The properties of a generation result its output schema names (the rest are in every result, unlisted): what an
+# agent acts on, within the tools/list budget.
+_RESULT_KEYS = frozenset(
+    {"task_id", "status", "images", "error", "estimate_usd", "cost_usd", "next_step", "saved_files"}
+)
+
+
+def _tool(
+    fn: Callable[..., Any],
+    *,
+    title: str,
+    description: str,
+    read_only: bool,
+    open_world: bool,
+    output_keys: frozenset[str] | None = None,
+) -> Tool:
     """A Tool named after its function; read-only tools are idempotent, and none of ours destroys anything."""
     annotations = ToolAnnotations(
         read_only_hint=read_only, destructive_hint=False, idempotent_hint=read_only, open_world_hint=open_world
     )
-    described = f"{description} {NULL_MEANS}"
-    return _strict(Tool.from_function(fn, title=title, description=described, annotations=annotations))
+    tool = Tool.from_function(fn, title=title, description=description, annotations=annotations)
+    if tool.parameters.get("properties"):
+        tool.description = f"{description} {NULL_MEANS}"
+    return _strict(tool, output_keys)
 
 
-def _strict(tool: Tool) -> Tool:
+def _strict(tool: Tool, output_keys: frozenset[str] | None = None) -> Tool:
     """Refuse unknown arguments: a misspelt field must be an error, not silently ignored on a paid call."""
     loose = tool.fn_metadata.arg_model
     strict = cast(
@@ -346,8 +396,19 @@ def _strict(tool: Tool) -> Tool:
     tool.fn_metadata.arg_model = strict
     tool.parameters = portable_input(strict.model_json_schema(by_alias=True))
     if tool.fn_metadata.output_schema is not None:
-        tool.fn_metadata.output_schema = portable_output(tool.fn_metadata.output_schema)
+        tool.fn_metadata.output_schema = portable_output(tool.fn_metadata.output_schema, output_keys)
     return tool
+
+
+_MAX_COST = FieldInfo.from_annotated_attribute(
+    Annotated[float | None, NotBool],  # type: ignore[arg-type]
+    Field(
+        default=None,
+        ge=0,
+        description="Most USD this call may cost (refused above). Where the user cannot be asked to confirm, only "
+        "a price the user agreed to",
+    ),
+)
 
 
 def _generate_image_tool(settings: Settings) -> Tool:
@@ -355,38 +416,125 @@ def _generate_image_tool(settings: Settings) -> Tool:
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
         app = _app(ctx)
+        approval = arguments.pop("approval")
+        max_cost = arguments.pop("max_cost_usd", None)
         mode = _given(arguments.pop("mode", None), _MODE.default)
         wait_seconds = float(_given(arguments.pop("wait_seconds", None), wait.default))
         save = arguments.pop("save", None)
         request = GenerateRequest(**arguments, celery=mode == "async")
-        generation = await _run(
-            ctx,
-            lambda report, key: app.runner.generate(
-                request, wait_seconds=wait_seconds, on_progress=report, api_key=key
-            ),
-            model=request.model,
+        priced = await _priced(app, request, max_cost=max_cost, approval=approval)
+        budget = Budget(
+            quote=priced, daily_budget=settings.daily_budget_usd, per_call_cap=settings.max_cost_per_call_usd
         )
+
+        async def start(report: ProgressFn, key: SecretStr | None) -> Generation:
+            if app.tracked is not None:
+                return await app.tracked.generate(
+                    request, wait_seconds=wait_seconds, on_progress=report, api_key=key, budget=budget
+                )
+            generation = await app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key)
+            return generation.model_copy(update={"estimate_usd": priced.estimate_usd})
+
+        generation = await _run(ctx, start, model=request.model)
         return await app.finish(generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx))
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
+    fields = {**request_fields, "max_cost_usd": _MAX_COST, "mode": _MODE, "wait_seconds": wait, "save": _SAVE}
     _set_signature(
         generate_image,
-        [
-            _keyword(name, field)
-            for name, field in {**request_fields, "mode": _MODE, "wait_seconds": wait, "save": _SAVE}.items()
-        ],
+        [_keyword(name, field) for name, field in fields.items()],
         Annotated[CallToolResult, GenerationResult],
+        resolved={"approval": Annotated[ElicitationResult[SpendApproval], Resolve(_spend_approval)]},
     )
     return _tool(
         generate_image,
         title="Generate image",
         description=(
             "Generate images with a Qolaba model; waits up to wait_seconds with progress, else returns a task_id "
-            "for get_task. Paid, except that a call identical to an unfinished or undelivered one joins it."
+            "for get_task. Paid (list_models has prices), except that a call identical to an unfinished or "
+            "undelivered one joins it."
         ),
         read_only=False,
         open_world=True,
+        output_keys=_RESULT_KEYS,
     )
+
+
+# What the spend-approval resolver answers when it does not ask the user.
+_NO_NEED = "no confirmation needed"
+_CANNOT_ASK = "the client cannot ask its user"
+
+
+async def _spend_approval(
+    ctx: Context[AppContext],
+    model: str,
+    quality: str | None,
+    num_images: int | None,
+    max_cost_usd: float | None,
+) -> str | Elicit[SpendApproval]:
+    """Before a call above QOLABA_CONFIRM_ABOVE_USD: the question for the user, or why none is asked.
+
+    Runs before the tool body (the SDK asks by elicitation/create before 2026-07-28, by an input_required result
+    from then on); the body refuses on a decline, or when the client cannot ask and max_cost_usd does not cover
+    the estimate. A call some cap refuses anyway is not put to the user.
+    """
+    app = _app(ctx)
+    threshold = app.settings.confirm_above_usd
+    if threshold is None:
+        return _NO_NEED
+    priced = quote(await app.prices.get(), model=model, quality=quality, num_images=num_images)
+    estimate = priced.estimate_usd
+    if estimate is not None and estimate <= threshold:
+        return _NO_NEED
+    if check_caps(app.settings, priced, max_cost_usd=max_cost_usd) is not None:
+        return _NO_NEED  # refused by the body, whatever the user would say
+    if not _can_ask(ctx):
+        vouched = max_cost_usd is not None and estimate is not None and max_cost_usd >= estimate
+        return _NO_NEED if vouched else _CANNOT_ASK
+    spent = await _spent_24h(app, ctx)
+    return Elicit(approval_question(priced, spent_24h=spent, budget=app.settings.daily_budget_usd), SpendApproval)
+
+
+def _can_ask(ctx: Context[AppContext]) -> bool:
+    """Whether this client can show its user a form now: it declared form elicitation, and the channel can carry
+    the question (an input_required result from 2026-07-28 on; before, a request the session can send)."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+        return False
+    version = ctx.protocol_version
+    if version is not None and version >= "2026-07-28":
+        return True
+    return bool(ctx.session.can_send_request)
+
+
+async def _spent_24h(app: AppContext, ctx: Context[AppContext]) -> float | None:
+    if app.tracked is None:
+        return None
+    principal = app.tracked.principal(_client_key(ctx, app.settings))
+    try:
+        report = await app.tracked.ledger.spend_report(principal=principal, now=time.time())
+    except LedgerError as exc:
+        raise ToolError(f"The spend ledger could not be read ({exc}); nothing was submitted. Retry shortly.") from exc
+    return float(report["last_24h"]["total_usd"])
+
+
+async def _priced(
+    app: AppContext, request: GenerateRequest, *, max_cost: float | None, approval: ElicitationResult[Any]
+) -> Quote:
+    """The call's quote, once the live catalogue's published limits, the caps and the user (if asked) let it go."""
+    priced = quote(await app.prices.get(), model=request.model, quality=request.quality, num_images=request.num_images)
+    if priced.info is not None and (problem := check_request(priced.info, request)) is not None:
+        raise ToolError(f"{problem}. Nothing was submitted.")
+    if (problem := check_caps(app.settings, priced, max_cost_usd=max_cost)) is not None:
+        raise ToolError(problem)
+    if not isinstance(approval, AcceptedElicitation):
+        raise ToolError(not_confirmed(priced, approval.action))
+    if approval.data == _CANNOT_ASK:
+        raise ToolError(cannot_ask(priced, app.settings.confirm_above_usd or 0.0))
+    if isinstance(approval.data, SpendApproval) and not approval.data.approve:
+        raise ToolError(not_confirmed(priced, "decline"))
+    return priced
 
 
 def _get_task_tool(settings: Settings) -> Tool:
@@ -418,15 +566,17 @@ def _get_task_tool(settings: Settings) -> Tool:
         ),
         read_only=True,
         open_world=True,
+        output_keys=_RESULT_KEYS,
     )
 
 
 def _list_models_tool() -> Tool:
     async def list_models(ctx: Context[AppContext], capability: Capability | None = None) -> CallToolResult:
         app = _app(ctx)
+        catalog = await app.prices.get()
         result = ModelList(
-            models=app.catalog.with_capability(capability),
-            warnings=[app.catalog_warning] if app.catalog_warning else [],
+            models=[ListedModel.of(model) for model in catalog.with_capability(capability)],
+            warnings=[warning for warning in (app.catalog_warning, app.prices.warning) if warning],
         )
         lines = [model_line(model) for model in result.models] or [f"No model has capability {capability}."]
         lines += [f"Warning: {text}" for text in result.warnings]
@@ -444,8 +594,8 @@ def _list_models_tool() -> Tool:
         list_models,
         title="List image models",
         description=(
-            "Known Qolaba image models: capabilities, max images, aspect ratios, quality presets, accepted "
-            "parameters. Unlisted ids may still work."
+            "Qolaba image models: capabilities, limits, quality presets, parameters, USD per image. Unlisted ids "
+            "may still work."
         ),
         read_only=True,
         open_world=False,
@@ -494,6 +644,35 @@ def _list_generations_tool() -> Tool:
         description=(
             "Past generations, newest first (task_id, time, model, status, prompt, images, cost, files): find an "
             "earlier image before generating again."
+        ),
+        read_only=True,
+        open_world=False,
+    )
+
+
+def _get_spend_tool() -> Tool:
+    async def get_spend(ctx: Context[AppContext]) -> CallToolResult:
+        app = _app(ctx)
+        if app.tracked is None:
+            raise ToolError("No spend is tracked: the ledger is off (QOLABA_LEDGER_URL=off).")
+        principal = app.tracked.principal(_client_key(ctx, app.settings))
+        try:
+            report = await app.tracked.ledger.spend_report(principal=principal, now=time.time())
+        except LedgerError as exc:
+            raise ToolError(f"The spend could not be read from the ledger ({exc}). Retry shortly.") from exc
+        result = SpendReport.build(report, app.settings)
+        return CallToolResult(
+            content=[TextContent(text=result.text())], structured_content=result.model_dump(mode="json")
+        )
+
+    _set_signature(get_spend, [], Annotated[CallToolResult, SpendReport])
+    return _tool(
+        get_spend,
+        output_keys=frozenset({"last_24h", "last_30d", "remaining_usd"}),
+        title="Spending",
+        description=(
+            "Your image spend in the last 24 h and 30 days by model, and the limits: daily budget and room left, "
+            "per-call cap, confirmation threshold."
         ),
         read_only=True,
         open_world=False,

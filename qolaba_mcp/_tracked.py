@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from ._errors import (
 )
 from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id
 from ._models import GenerateRequest, ImageOutput, Usage
+from ._spend import Quote, SpendRefusedError, refusal
 from .ledger import (
     ACTIVE_STATES,
     Changes,
@@ -49,6 +51,15 @@ _UNKNOWN_NEXT = (
     "whether a task exists is unknown. Check the Qolaba dashboard before retrying: a retry may be a second paid "
     "generation."
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """What a new generation must fit: its quote, held against these limits (None: no such limit)."""
+
+    quote: Quote
+    daily_budget: float | None = None
+    per_call_cap: float | None = None
 
 
 class Tracked(Generation):
@@ -96,8 +107,13 @@ class TrackedJobs:
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
         inputs: list[str] | None = None,
+        budget: Budget | None = None,
     ) -> Tracked:
-        """Join the identical generation already running or undelivered, or record a new one and submit it."""
+        """Join the identical generation already running or undelivered, or record a new one and submit it.
+
+        A new one with a priced ``budget`` first holds its estimate in the ledger, atomically against the caps:
+        refused, it is recorded as failed and nothing is sent. Its actual cost replaces the hold once known; a
+        failure frees it; a submission whose fate is unknown keeps it."""
         body = request.to_api()
         body.pop("celery", None)  # sync or async, the same images are paid for
         new = NewGeneration(
@@ -119,7 +135,36 @@ class TrackedJobs:
         if joined:
             log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
             return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
-        return await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
+        if budget is not None and budget.quote.estimate_usd is not None:
+            await self._reserve(row, budget)
+        tracked = await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
+        return tracked.model_copy(update={"estimate_usd": budget.quote.estimate_usd if budget else None})
+
+    async def _reserve(self, row: LedgerRow, budget: Budget) -> None:
+        """Hold the estimate on the new row, or record the refusal and raise it: nothing is submitted then."""
+        assert budget.quote.estimate_usd is not None
+        try:
+            with anyio.CancelScope(shield=True):  # a hold must never be half-written by a leaving caller
+                held = await self.ledger.reserve(
+                    row.id,
+                    principal=row.principal,
+                    amount=budget.quote.estimate_usd,
+                    daily_budget=budget.daily_budget,
+                    per_call_cap=budget.per_call_cap,
+                    now=time.time(),
+                )
+        except LedgerError as exc:
+            await self._record(
+                row.id, Changes(state="failed", error="the spend ledger was unavailable", finished_at=time.time())
+            )
+            raise QolabaError(
+                f"The spend ledger is unavailable ({exc}), so the budget cannot be checked; nothing was submitted. "
+                "Retry shortly, or ask the server's operator to check QOLABA_LEDGER_URL."
+            ) from exc
+        if not held.ok:
+            text = refusal(held, budget.quote)
+            await self._record(row.id, Changes(state="failed", error=text[:500], finished_at=time.time()))
+            raise SpendRefusedError(text)
 
     async def _submit(
         self,
@@ -176,7 +221,8 @@ class TrackedJobs:
             return _from_row(row, joined=True)
         generation = await self._poll(row, wait_seconds=max(deadline - time.monotonic(), 0), progress=on_progress,
                                       api_key=api_key)  # fmt: skip
-        return Tracked(**generation.model_dump(), row_id=row.id, joined=True)
+        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id,
+                       joined=True)  # fmt: skip
 
     async def get_task(
         self, task_id: str, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
@@ -199,7 +245,7 @@ class TrackedJobs:
         if row.state in ("succeeded", "failed", "unknown"):
             return _from_row(row, joined=False)
         generation = await self._poll(row, wait_seconds=wait_seconds, progress=on_progress, api_key=api_key)
-        return Tracked(**generation.model_dump(), row_id=row.id)
+        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id)
 
     async def _poll(
         self, row: LedgerRow, *, wait_seconds: float, progress: ProgressFn | None, api_key: SecretStr | None
@@ -246,6 +292,12 @@ class TrackedJobs:
         with anyio.CancelScope(shield=True):
             try:
                 await self.ledger.update(row_id, changes, now=time.time())
+                # The money follows the outcome: a success costs what the API reported (else what was held), a
+                # failure costs nothing. An unknown outcome keeps its hold: it may have been paid for.
+                if changes.state == "succeeded":
+                    await self.ledger.settle(row_id, actual_usd=changes.cost_usd, now=time.time())
+                elif changes.state == "failed":
+                    await self.ledger.release(row_id, now=time.time())
             except Exception:
                 log.exception("the ledger could not record %s for %s", changes.state or "a change", row_id)
 
@@ -307,6 +359,7 @@ def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
         error=row.error if row.state != "succeeded" else None,
         elapsed_seconds=0.0,
         notes=notes,
+        estimate_usd=row.estimate_usd,
         row_id=row.id,
         joined=joined,
     )

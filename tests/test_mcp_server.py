@@ -150,9 +150,9 @@ async def test_failed_task_is_an_error_with_the_task_id(sandbox: SandboxServer) 
     ("arguments", "fragments"),
     [
         ({**CAT, "model": "vertex/imagen-4", "num_images": 5}, ["num_images", "at most 4"]),
-        ({**CAT, "quality": "4K"}, ["quality", "'4K' is not supported"]),
+        ({**CAT, "quality": "4K"}, ["quality", "'4K'", "1K", "Nothing was submitted"]),
         ({**CAT, "model": "acme/unknown"}, ["Unknown model", "Known models:", "vertex/imagen-4-ultra"]),
-        ({**CAT, "quality": "4K", "mode": "sync"}, ["quality", "'4K' is not supported"]),
+        ({**CAT, "quality": "4K", "mode": "sync"}, ["quality", "'4K'", "1K", "Nothing was submitted"]),
     ],
     ids=["too-many-images", "bad-quality", "unknown-model", "sync"],
 )
@@ -236,14 +236,14 @@ async def test_unknown_task(sandbox: SandboxServer) -> None:
 async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
     async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert sorted(tools) == ["generate_image", "get_task", "list_generations", "list_models"]
+    assert sorted(tools) == ["generate_image", "get_spend", "get_task", "list_generations", "list_models"]
     schema = tools["generate_image"].input_schema
     props = schema["properties"]
     assert schema["required"] == ["model"]
     expected_fields = {
         "model", "prompt", "image_urls", "reference_images", "mask_url", "aspect_ratio", "quality",
         "num_images", "seed", "num_inference_steps", "guidance_scale", "temperature", "negative_prompt",
-        "mode", "wait_seconds", "save",
+        "max_cost_usd", "mode", "wait_seconds", "save",
     }  # fmt: skip
     assert set(props) == expected_fields  # flat: the fields themselves, no wrapper object
 
