@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--search", default=None, metavar="TEXT", help="only generations whose prompt matches")
     history.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default: 20, at most 200)")
+    spend = commands.add_parser(
+        "spend",
+        help="print what the ledger's generations cost in the last 24 hours and 30 days, by model",
+        description="Print the spend recorded in the ledger (QOLABA_LEDGER_URL) over the last 24 hours and 30 "
+        "days, by model (costs the API reported, and money held for generations still running or of unknown "
+        "outcome), with the limits set by QOLABA_DAILY_BUDGET_USD, QOLABA_MAX_COST_PER_CALL_USD and "
+        "QOLABA_CONFIRM_ABOVE_USD.",
+    )
+    spend.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -153,7 +162,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(live=args.live, out=args.out)
     if args.command == "history":
         return _history(search=args.search, limit=args.limit)
+    if args.command == "spend":
+        return _spend(as_json=args.json)
     return _serve(args)
+
+
+def _spend(*, as_json: bool) -> int:
+    import anyio
+
+    from ._config import Settings, SettingsError
+    from ._server import spend_text
+
+    try:
+        settings = Settings.from_env()
+        print(anyio.run(spend_text, settings, as_json))
+    except (SettingsError, ValueError) as exc:
+        print(f"qolaba-mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _history(*, search: str | None, limit: int) -> int:

@@ -1,4 +1,4 @@
-"""The MCP surface: three thin tools over the job lifecycle, their schemas derived from the API models."""
+"""The MCP surface: thin tools over the job lifecycle, the ledger and spend, their schemas derived from models."""
 
 from __future__ import annotations
 
@@ -125,6 +125,10 @@ class AppContext:
     save_by_default: bool
     catalog_warning: str | None = None
     links: IssuedLinks = field(default_factory=IssuedLinks)
+    # list_models answers by (capability, warnings): the catalogue they were made from, their text and structure
+    listings: dict[tuple[str | None, tuple[str, ...]], tuple[Catalog, str, dict[str, Any]]] = field(
+        default_factory=dict
+    )
     tracked: TrackedJobs | None = None  # None when QOLABA_LEDGER_URL=off
 
     @property
@@ -189,6 +193,18 @@ async def history_table(settings: Settings, search: str | None, limit: int) -> s
         lines.append(f"{'':<70}{row.prompt or '(no prompt)'}")
         lines += [f"{'':<70}file: {path}" for path in row.saved_files]
     return "\n".join(lines)
+
+
+async def spend_text(settings: Settings, as_json: bool = False) -> str:
+    """The ledger's spend (every principal: the ledger is the local user's) and the limits, as text or JSON."""
+    ledger = await _open_ledger(settings)
+    if ledger is None:
+        return "The ledger is off (QOLABA_LEDGER_URL=off): no spend is recorded."
+    try:
+        report = SpendReport.build(await ledger.spend_report(principal=None, now=time.time()), settings)
+    finally:
+        await ledger.close()
+    return report.model_dump_json(indent=2) if as_json else report.text()
 
 
 def _keyword(name: str, field: FieldInfo | Any) -> inspect.Parameter:
@@ -416,6 +432,7 @@ def _generate_image_tool(settings: Settings) -> Tool:
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
         app = _app(ctx)
+        _client_key(ctx, app.settings)  # a key the server would refuse is refused before anything else is asked
         approval = arguments.pop("approval")
         max_cost = arguments.pop("max_cost_usd", None)
         mode = _given(arguments.pop("mode", None), _MODE.default)
@@ -482,6 +499,7 @@ async def _spend_approval(
     threshold = app.settings.confirm_above_usd
     if threshold is None:
         return _NO_NEED
+    _client_key(ctx, app.settings)  # refused before the user is asked about a call that cannot be made
     priced = quote(await app.prices.get(), model=model, quality=quality, num_images=num_images)
     estimate = priced.estimate_usd
     if estimate is not None and estimate <= threshold:
@@ -574,16 +592,16 @@ def _list_models_tool() -> Tool:
     async def list_models(ctx: Context[AppContext], capability: Capability | None = None) -> CallToolResult:
         app = _app(ctx)
         catalog = await app.prices.get()
-        result = ModelList(
-            models=[ListedModel.of(model) for model in catalog.with_capability(capability)],
-            warnings=[warning for warning in (app.catalog_warning, app.prices.warning) if warning],
-        )
-        lines = [model_line(model) for model in result.models] or [f"No model has capability {capability}."]
-        lines += [f"Warning: {text}" for text in result.warnings]
-        return CallToolResult(
-            content=[TextContent(text="\n".join(lines))],
-            structured_content=result.model_dump(mode="json"),
-        )
+        warnings = tuple(warning for warning in (app.catalog_warning, app.prices.warning) if warning)
+        cached = app.listings.get((capability, warnings))
+        if cached is None or cached[0] is not catalog:  # made again only when the catalogue was fetched again
+            result = ModelList(
+                models=[ListedModel.of(model) for model in catalog.with_capability(capability)], warnings=warnings
+            )
+            lines = [model_line(model) for model in result.models] or [f"No model has capability {capability}."]
+            lines += [f"Warning: {text}" for text in result.warnings]
+            cached = app.listings[(capability, warnings)] = (catalog, "\n".join(lines), result.model_dump(mode="json"))
+        return CallToolResult(content=[TextContent(text=cached[1])], structured_content=cached[2])
 
     capability = FieldInfo.from_annotated_attribute(
         Capability | None,  # type: ignore[arg-type]

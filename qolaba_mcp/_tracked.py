@@ -111,9 +111,9 @@ class TrackedJobs:
     ) -> Tracked:
         """Join the identical generation already running or undelivered, or record a new one and submit it.
 
-        A new one with a priced ``budget`` first holds its estimate in the ledger, atomically against the caps:
-        refused, it is recorded as failed and nothing is sent. Its actual cost replaces the hold once known; a
-        failure frees it; a submission whose fate is unknown keeps it."""
+        A new one records ``budget``'s estimate; under a daily budget it first holds the estimate in the ledger,
+        atomically against the caps: refused, it is recorded as failed and nothing is sent. Its actual cost
+        replaces the hold once known; a failure frees it; a submission whose fate is unknown keeps it."""
         body = request.to_api()
         body.pop("celery", None)  # sync or async, the same images are paid for
         new = NewGeneration(
@@ -124,6 +124,7 @@ class TrackedJobs:
             model=request.model,
             prompt=request.prompt,
             inputs=inputs or [],
+            estimate_usd=budget.quote.estimate_usd if budget else None,
         )
         try:
             row, joined = await self.ledger.begin_or_join(new, window_seconds=self._window, now=time.time())
@@ -135,8 +136,8 @@ class TrackedJobs:
         if joined:
             log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
             return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
-        if budget is not None and budget.quote.estimate_usd is not None:
-            await self._reserve(row, budget)
+        if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
+            await self._reserve(row, budget)  # money is held only where a budget counts it
         tracked = await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
         return tracked.model_copy(update={"estimate_usd": budget.quote.estimate_usd if budget else None})
 
@@ -291,10 +292,12 @@ class TrackedJobs:
         """Write to the ledger even while the call is being cancelled: the record outlives the call."""
         with anyio.CancelScope(shield=True):
             try:
-                await self.ledger.update(row_id, changes, now=time.time())
+                row = await self.ledger.update(row_id, changes, now=time.time())
                 # The money follows the outcome: a success costs what the API reported (else what was held), a
                 # failure costs nothing. An unknown outcome keeps its hold: it may have been paid for.
-                if changes.state == "succeeded":
+                if row.reserved_usd <= 0:
+                    pass
+                elif changes.state == "succeeded":
                     await self.ledger.settle(row_id, actual_usd=changes.cost_usd, now=time.time())
                 elif changes.state == "failed":
                     await self.ledger.release(row_id, now=time.time())

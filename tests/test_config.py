@@ -55,8 +55,16 @@ def test_lists_are_comma_separated_and_empty_means_unset() -> None:
     assert settings.models_file is None and settings.save == "auto"
 
 
-def test_bad_environment_stops_the_server_with_the_variable_named() -> None:
-    env = {**os.environ, "QOLABA_MAX_WAIT_SECONDS": "forever"}
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"QOLABA_MAX_WAIT_SECONDS": "forever"}, "QOLABA_MAX_WAIT_SECONDS"),
+        # a budget is counted in the ledger: without one it could not be kept
+        ({"QOLABA_DAILY_BUDGET_USD": "1", "QOLABA_LEDGER_URL": "off"}, "QOLABA_DAILY_BUDGET_USD needs the ledger"),
+    ],
+)
+def test_bad_environment_stops_the_server_with_the_variable_named(bad: dict[str, str], named: str) -> None:
+    env = {**os.environ, **bad}
     done = subprocess.run(
         [sys.executable, "-m", "qolaba_mcp"],
         env=env,
@@ -65,4 +73,4 @@ def test_bad_environment_stops_the_server_with_the_variable_named() -> None:
         timeout=60,
         stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 2 and "QOLABA_MAX_WAIT_SECONDS" in done.stderr and done.stdout == ""
+    assert done.returncode == 2 and named in done.stderr and done.stdout == ""

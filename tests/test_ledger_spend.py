@@ -272,6 +272,9 @@ async def test_spend_report_by_model_for_a_day_and_a_month(store: LedgerStore) -
     }
     empty = {"total_usd": 0.0, "by_model": {}}
     assert await store.spend_report(principal="nobody", now=NOW) == {"last_24h": empty, "last_30d": empty}
+    everyone = await store.spend_report(principal=None, now=NOW)  # the local CLI's view: every principal
+    assert everyone["last_24h"] == {"total_usd": 7.1, "by_model": {"flux-pro": 7.09, "sdxl": 0.01}}
+    assert everyone["last_30d"]["total_usd"] == pytest.approx(7.85)
 
 
 # -- schema version 2 --------------------------------------------------------------------------------------------

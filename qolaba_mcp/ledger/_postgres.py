@@ -133,7 +133,7 @@ _SQL_RELEASE = f"UPDATE generations SET reserved_usd = 0, updated_at = $2 WHERE 
 _SQL_SPEND_BY_MODEL = """SELECT model, count(*) FILTER (WHERE created_at > $2),
         coalesce(sum(coalesce(cost_usd, reserved_usd)) FILTER (WHERE created_at > $2), 0),
         coalesce(sum(coalesce(cost_usd, reserved_usd)), 0)
-    FROM generations WHERE principal = $1 AND created_at > $3 GROUP BY model"""
+    FROM generations WHERE ($1::text IS NULL OR principal = $1) AND created_at > $3 GROUP BY model"""
 # history: its WHERE clause is these fragments, chosen by the query's filters and joined with AND; {} is the
 # number of the fragment's first parameter.
 _SQL_HISTORY = f"SELECT {_COLUMNS} FROM generations WHERE {{where}} ORDER BY created_at DESC, id DESC LIMIT ${{limit}}"
@@ -310,7 +310,7 @@ class PostgresLedger:
     async def release(self, row_id: str, *, now: float) -> LedgerRow:
         return await self._change(row_id, _SQL_RELEASE, now)
 
-    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
+    async def spend_report(self, *, principal: str | None, now: float) -> dict[str, Any]:
         async with self._connection() as conn:
             found = await conn.fetch(_SQL_SPEND_BY_MODEL, principal, now - SPEND_WINDOW_S, now - REPORT_MONTH_S)
         return build_spend_report([(record[0], record[1], record[2], record[3]) for record in found])

@@ -59,6 +59,7 @@ class NewGeneration(BaseModel):
     model: str
     prompt: str | None = None
     inputs: list[str] = Field(default_factory=list, description="What the input images were made from.")
+    estimate_usd: float | None = Field(default=None, description="The price estimated before the call, if known.")
 
 
 class LedgerRow(NewGeneration):
@@ -76,7 +77,6 @@ class LedgerRow(NewGeneration):
     error: str | None = None
     saved_files: list[str | None] = Field(default_factory=list)
     delivered: bool = False
-    estimate_usd: float | None = Field(default=None, description="The price reserved before the call, if any.")
     reserved_usd: float = Field(default=0.0, description="Money held while the cost is not yet known.")
 
 
@@ -229,9 +229,10 @@ class LedgerStore(Protocol):
         A submission in state ``unknown`` is neither settled nor released: it may have been paid for, so its
         reservation keeps counting until it leaves the window (or a later check settles or releases it)."""
 
-    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
-        """``principal``'s spend (cost when known, else reservation) over the last 24 h and 30 days:
-        ``{"last_24h": {"total_usd": x, "by_model": {model: x}}, "last_30d": {...}}``, in USD rounded to 1e-6."""
+    async def spend_report(self, *, principal: str | None, now: float) -> dict[str, Any]:
+        """``principal``'s (None: every principal's) spend (cost when known, else reservation) over the last 24 h
+        and 30 days: ``{"last_24h": {"total_usd": x, "by_model": {model: x}}, "last_30d": {...}}``, in USD rounded
+        to 1e-6."""
 
 
 def principal_of(api_key: str) -> str:

@@ -151,7 +151,7 @@ _SQL_RELEASE = "UPDATE generations SET reserved_usd = 0, updated_at = ? WHERE id
 _SQL_SPEND_BY_MODEL = """SELECT model, count(CASE WHEN created_at > :day THEN 1 END),
         total(CASE WHEN created_at > :day THEN coalesce(cost_usd, reserved_usd) END),
         total(coalesce(cost_usd, reserved_usd))
-    FROM generations WHERE principal = :principal AND created_at > :month GROUP BY model"""
+    FROM generations WHERE (:principal IS NULL OR principal = :principal) AND created_at > :month GROUP BY model"""
 _SQL_COUNT_MATCHES = "SELECT count(*) FROM (SELECT 1 FROM generations_fts WHERE generations_fts MATCH ? LIMIT ?)"
 # history: {where} is the fragments below that the query's filters choose, joined with AND. Without a search, and
 # for a search with many matches, a time index is walked newest first until the page is full (the unary + keeps
@@ -349,7 +349,7 @@ class SQLiteLedger:
     async def release(self, row_id: str, *, now: float) -> LedgerRow:
         return await self._change(row_id, _SQL_RELEASE, (now, row_id))
 
-    async def spend_report(self, *, principal: str, now: float) -> dict[str, Any]:
+    async def spend_report(self, *, principal: str | None, now: float) -> dict[str, Any]:
         params = {"principal": principal, "day": now - SPEND_WINDOW_S, "month": now - REPORT_MONTH_S}
         found = await self._read(lambda conn: conn.execute(_SQL_SPEND_BY_MODEL, params).fetchall())
         return build_spend_report([(model, rows, day, month) for model, rows, day, month in found])

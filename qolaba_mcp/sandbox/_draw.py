@@ -50,8 +50,8 @@ class InputImageError(Exception):
 def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
     """The bytes of a ``data:image/...;base64,...`` URI holding a PNG, JPEG, WebP or GIF of at most ``max_bytes``.
 
-    The size is judged on the encoded length, before anything is decoded; the type on the bytes' signature, so
-    a declared ``image/png`` holding anything else is refused.
+    The size is judged first on the encoded length, before anything is decoded, then exactly; the type on the
+    bytes' signature, so a declared ``image/png`` holding anything else is refused.
     """
     if uri[:5].lower() != "data:":
         raise InputImageError(f"not a data URI: it must start with 'data:image/...;base64,' (got {uri[:30]!r})")

@@ -1,6 +1,8 @@
 // The MCP TypeScript SDK's Client + StdioClientTransport against qolaba-mcp: lists the tools, calls list_models
 // and generate_image, reads every returned resource_link back with client.readResource. The SDK is loaded from
 // the npm prefix given first, so one script drives every pinned SDK version (`node ts_client.mjs PREFIX CMD ARG...`).
+// Then spend confirmation against a server that asks above $0.01: answered by elicitation where the SDK has it,
+// else refused until the call carries max_cost_usd.
 // Ends with one line, `OK: ...` (exit 0) or `FAIL: <first reason> (+N more)` (exit 1).
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -16,7 +18,8 @@ const sdkVersion = JSON.parse(readFileSync(path.join(sdkDir, "package.json"), "u
 const load = (rel) => import(pathToFileURL(path.join(sdkDir, "dist/esm", rel)).href);
 const { Client } = await load("client/index.js");
 const { StdioClientTransport } = await load("client/stdio.js");
-const { LATEST_PROTOCOL_VERSION } = await load("types.js");
+const types = await load("types.js");
+const { LATEST_PROTOCOL_VERSION } = types;
 
 const EXPECTED_TOOLS = ["generate_image", "get_task", "list_models"];
 const GENERATE_ARGS = { model: "vertex/nano-banana-flash", prompt: "A lighthouse on a cliff at dusk, interop check", aspect_ratio: "16:9" };
@@ -151,6 +154,55 @@ try {
 } finally {
   await client.close().catch(() => {});
 }
+
+// Spend confirmation, with a server that asks above $0.01 (every sandbox generation costs more). An SDK with
+// elicitation answers the question: accept generates, decline submits nothing. One without it must be refused
+// until the call carries max_cost_usd, then succeed.
+async function spendConfirmation() {
+  const canAsk = typeof types.ElicitRequestSchema !== "undefined";
+  const env = { ...process.env, QOLABA_SAVE: "off", QOLABA_CONFIRM_ABOVE_USD: "0.01" };
+  const confirming = new StdioClientTransport({ command, args, env, stderr: "inherit" });
+  const asker = new Client(
+    { name: "qolaba-interop-ts-confirm", version: "1.0.0" },
+    { capabilities: canAsk ? { elicitation: {} } : {} },
+  );
+  const questions = [];
+  let answer = "accept";
+  if (canAsk) {
+    asker.setRequestHandler(types.ElicitRequestSchema, async (request) => {
+      questions.push(request.params.message);
+      return answer === "accept" ? { action: "accept", content: { approve: true } } : { action: answer };
+    });
+  }
+  const call = (extra) =>
+    asker.callTool({ name: "generate_image", arguments: { ...GENERATE_ARGS, prompt: `confirm ${Math.random()}`, ...extra } });
+  const said = (result) => oneLine(result?.content?.[0]?.text ?? "", 300);
+  try {
+    await asker.connect(confirming);
+    if (canAsk) {
+      const accepted = await step("confirmed generate_image", "tools/call", () => call({}));
+      if (accepted?.structuredContent?.status !== "SUCCESS") fail(`accepted confirmation did not generate: ${said(accepted)}`);
+      else if (questions.length !== 1 || !/estimated \$0\.03/.test(questions[0])) fail(`confirmation question: ${JSON.stringify(questions)}`);
+      else ok(`elicitation accepted: "${oneLine(questions[0], 120)}" -> SUCCESS`);
+      answer = "decline";
+      const declined = await step("declined generate_image", "tools/call", () => call({}));
+      if (!declined?.isError || !/declined/.test(said(declined))) fail(`declined confirmation: ${said(declined)}`);
+      else ok("elicitation declined -> refused, nothing submitted");
+    } else {
+      const refused = await step("unconfirmable generate_image", "tools/call", () => call({}));
+      if (!refused?.isError || !/max_cost_usd/.test(said(refused))) fail(`no-elicitation call not refused: ${said(refused)}`);
+      else ok("no elicitation -> refused, asks for max_cost_usd");
+      const vouched = await step("generate_image with max_cost_usd", "tools/call", () => call({ max_cost_usd: 0.03 }));
+      if (vouched?.structuredContent?.status !== "SUCCESS") fail(`max_cost_usd call did not generate: ${said(vouched)}`);
+      else ok("max_cost_usd 0.03 -> SUCCESS");
+    }
+  } catch (error) {
+    fail(`spend confirmation crashed: ${error?.name ?? "Error"}: ${oneLine(error?.message ?? error)}`);
+  } finally {
+    await asker.close().catch(() => {});
+  }
+}
+await spendConfirmation();
 
 if (failures.length) {
   const more = failures.length > 1 ? ` (+${failures.length - 1} more, see log)` : "";
