@@ -16,7 +16,10 @@ _DROPPED = frozenset({"title", "examples", "additionalProperties", "$defs", "def
 
 
 def portable_input(schema: dict[str, Any]) -> dict[str, Any]:
-    """An input schema with references inlined, optional fields nullable and limits spelt out."""
+    """An input schema with references inlined, optional fields nullable and limits spelt out.
+
+    Every tool needs at least one input: strict converters (OpenAI's) refuse an object that declares no properties
+    unless it says ``additionalProperties: false``, which other converters (google-genai's) cannot read."""
     return _node(schema, schema.get("$defs", {}))
 
 

@@ -397,7 +397,8 @@ def _tool(
         read_only_hint=read_only, destructive_hint=False, idempotent_hint=read_only, open_world_hint=open_world
     )
     tool = Tool.from_function(fn, title=title, description=description, annotations=annotations)
-    if tool.parameters.get("properties"):
+    optional = set(tool.parameters.get("properties", {})) - set(tool.parameters.get("required", []))
+    if len(optional) > 1:  # said where it matters; a lone optional filter's type shows it takes null
         tool.description = f"{description} {NULL_MEANS}"
     return _strict(tool, output_keys)
 
@@ -669,7 +670,7 @@ def _list_generations_tool() -> Tool:
 
 
 def _get_spend_tool() -> Tool:
-    async def get_spend(ctx: Context[AppContext]) -> CallToolResult:
+    async def get_spend(ctx: Context[AppContext], model: str | None = None) -> CallToolResult:
         app = _app(ctx)
         if app.tracked is None:
             raise ToolError("No spend is tracked: the ledger is off (QOLABA_LEDGER_URL=off).")
@@ -678,19 +679,23 @@ def _get_spend_tool() -> Tool:
             report = await app.tracked.ledger.spend_report(principal=principal, now=time.time())
         except LedgerError as exc:
             raise ToolError(f"The spend could not be read from the ledger ({exc}). Retry shortly.") from exc
-        result = SpendReport.build(report, app.settings)
+        result = SpendReport.build(report, app.settings, model=model)
         return CallToolResult(
             content=[TextContent(text=result.text())], structured_content=result.model_dump(mode="json")
         )
 
-    _set_signature(get_spend, [], Annotated[CallToolResult, SpendReport])
+    only = FieldInfo.from_annotated_attribute(
+        str | None,  # type: ignore[arg-type]
+        Field(default=None, max_length=200, description="Only this model id's spend"),
+    )
+    _set_signature(get_spend, [_keyword("model", only)], Annotated[CallToolResult, SpendReport])
     return _tool(
         get_spend,
-        output_keys=frozenset({"last_24h", "last_30d", "remaining_usd"}),
+        output_keys=frozenset({"last_24h", "remaining_usd"}),
         title="Spending",
         description=(
-            "Your image spend in the last 24 h and 30 days by model, and the limits: daily budget and room left, "
-            "per-call cap, confirmation threshold."
+            "Spend in the last 24 h and 30 days by model, and the limits (daily budget and room left, per-call "
+            "cap, confirmation)."
         ),
         read_only=True,
         open_world=False,

@@ -187,14 +187,25 @@ class SpendReport(BaseModel):
     confirm_above_usd: float | None = None
 
     @classmethod
-    def build(cls, report: dict[str, Any], settings: Settings) -> SpendReport:
+    def build(cls, report: dict[str, Any], settings: Settings, *, model: str | None = None) -> SpendReport:
+        """From a ledger spend report; ``model`` narrows the windows to that model (the room left stays the
+        budget's, which counts every model)."""
         day = SpendWindow.model_validate(report["last_24h"])
+        month = SpendWindow.model_validate(report["last_30d"])
         budget = settings.daily_budget_usd
+        room = None if budget is None else round(max(budget - day.total_usd, 0.0), 6)
+        if model is not None:
+            day, month = (
+                SpendWindow(total_usd=window.by_model.get(model, 0.0), by_model={model: window.by_model[model]})
+                if model in window.by_model
+                else SpendWindow(total_usd=0.0)
+                for window in (day, month)
+            )
         return cls(
             last_24h=day,
-            last_30d=SpendWindow.model_validate(report["last_30d"]),
+            last_30d=month,
             daily_budget_usd=budget,
-            remaining_usd=None if budget is None else round(max(budget - day.total_usd, 0.0), 6),
+            remaining_usd=room,
             max_cost_per_call_usd=settings.max_cost_per_call_usd,
             confirm_above_usd=settings.confirm_above_usd,
         )

@@ -341,7 +341,15 @@ async def test_spend_report_tool_and_cli(sandbox: SandboxServer, tmp_path: Path)
         await generate(session, num_images=2)
         await session.call_tool("generate_image", {"model": "vertex/imagen-4-fast", "prompt": "x"})
         report = await session.call_tool("get_spend", {})
+        flash_only = data(await session.call_tool("get_spend", {"model": FLASH}))
+        unused = data(await session.call_tool("get_spend", {"model": "vertex/imagen-4"}))
     fast = price(sandbox, "vertex/imagen-4-fast")
+    assert flash_only["last_24h"] == {
+        "total_usd": pytest.approx(2 * each),
+        "by_model": {FLASH: pytest.approx(2 * each)},
+    }
+    assert unused["last_30d"] == {"total_usd": 0, "by_model": {}}
+    assert flash_only["remaining_usd"] == unused["remaining_usd"] == pytest.approx(1 - 2 * each - fast)
     body = data(report)
     assert body["last_24h"]["by_model"] == pytest.approx({FLASH: 2 * each, "vertex/imagen-4-fast": fast})
     assert body["last_30d"]["total_usd"] == pytest.approx(2 * each + fast)
