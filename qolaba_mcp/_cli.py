@@ -100,16 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--poll-shape",
         default="output-object",
-        choices=["output-object", "output-list", "output-urls", "top-level", "mixed"],
+        choices=["output-object", "output-list", "output-urls", "top-level", "backend", "mixed"],
         help="where finished tasks put their images in the poll body (default: output-object)",
     )
     sandbox.add_argument("--random-seed", type=int, default=None, help="seed the fault dice")
+    sandbox.add_argument(
+        "--nsfw",
+        default="none",
+        choices=["none", "some", "all"],
+        help="images the safety filter flags: none, the first (some), or all, which removes them (default: none)",
+    )
+    sandbox.add_argument(
+        "--failed-status",
+        type=int,
+        default=200,
+        choices=[200, 500],
+        help="HTTP status of a poll that finds its task FAILED (default: 200)",
+    )
+    sandbox.add_argument(
+        "--result-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="forget finished tasks after this long: their polls and images then answer 404 (default: never)",
+    )
 
     demo = commands.add_parser(
         "demo",
-        help="show the server at work: list_models and generate_image over stdio, PNGs saved under ./out",
+        help="show the server at work over stdio: list_models, generate_image, then an edit; PNGs under ./out",
         description="Start a sandbox on a free port, launch qolaba-mcp over stdio with a real MCP client, "
-        "call list_models and generate_image with a live progress bar, and save the PNGs under ./out.",
+        "call list_models and generate_image with a live progress bar, save the PNGs under ./out, then remove the "
+        "background of the first one, naming it by its qolaba://images URI.",
     )
     demo.add_argument(
         "--live",
@@ -152,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             retry_after=args.retry_after,
             poll_shape=args.poll_shape,
             random_seed=args.random_seed,
+            nsfw=args.nsfw,
+            failed_status=args.failed_status,
+            result_ttl=args.result_ttl,
         )
         print(f"Qolaba sandbox on http://{args.host}:{args.port} (any API key works)", file=sys.stderr)
         serve(config, host=args.host, port=args.port)

@@ -147,7 +147,14 @@ class QolabaClient:
             )
         path = TASK_PATH.format(task_id=quote(task_id, safe=""))
         limit = min(self._request_timeout, timeout) if timeout is not None else self._request_timeout
-        status, data, complete = await self._send("GET", path, api_key=api_key, timeout=limit)
+        try:
+            status, data, complete = await self._send("GET", path, api_key=api_key, timeout=limit)
+        except ServerError as exc:
+            # The backend answers a FAILED task with a 500 that carries the task: final, not a hiccup to retry.
+            failed = _failed_task(exc.body, task_id)
+            if failed is None:
+                raise
+            return failed
         body = _json_object(status, data, complete, self._secrets(api_key))
         try:
             return Task.from_api(body, task_id=task_id)
@@ -248,6 +255,17 @@ async def _read_capped(response: httpx2.Response, cap: int) -> tuple[bytes, bool
         if size > cap:
             return b"".join(chunks)[:cap], False
     return b"".join(chunks), True
+
+
+def _failed_task(body: object, task_id: str) -> Task | None:
+    """The FAILED task an error answer's body describes, if it describes one (of this id, or of none)."""
+    if not isinstance(body, Mapping):
+        return None
+    try:
+        task = Task.from_api(body, task_id=task_id)
+    except (ValueError, RecursionError):
+        return None
+    return task if task.status == "FAILED" and task.task_id == task_id else None
 
 
 def _has_status(body: Mapping[str, Any]) -> bool:

@@ -85,6 +85,17 @@ class Settings(BaseModel):
         description="Download images from loopback, private and other non-public addresses "
         "(the API's own origin always is).",
     )
+    input_roots: str | None = Field(
+        default=None,
+        description="stdio: the folders (separated like PATH) whose image files generate_image may read as inputs; "
+        "default: Desktop, Documents, Downloads and Pictures in the home folder, and the output folder; off: none.",
+    )
+    input_max_bytes: int = Field(
+        default=10_485_760,
+        ge=1,
+        le=10_485_760,
+        description="The largest image input read from a local file or a data: URI, in bytes.",
+    )
     ledger_url: str | None = Field(
         default=None,
         description="Where the generation ledger lives: sqlite:///<path> (default: ledger.db in the per-user data "

@@ -201,7 +201,10 @@ class Delivery:
         async def one(index: int, image: ImageOutput) -> None:
             async with per_call:
                 try:
-                    await self._deliver_one(index, image.url, name, budget, save, delivered, notes[index])
+                    # Only a preview wanted: the API's low-resolution copy, when it offers one, is a smaller download.
+                    small = image.preview_url if not save and self.preview == "on" else None
+                    url = small or image.url
+                    await self._deliver_one(index, url, name, budget, save, delivered, notes[index])
                 except Exception as exc:  # an input nobody foresaw costs one image, never the paid result
                     log.exception("delivering image %d failed", index + 1)
                     notes[index].append(f"image {index + 1}: not delivered ({type(exc).__name__})")

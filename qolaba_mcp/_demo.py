@@ -1,7 +1,9 @@
 """``qolaba-mcp demo``: the server at work, seen from a real MCP client over stdio.
 
 Starts a sandbox on a free port (or, with ``--live``, uses the real API), launches ``qolaba-mcp`` as a stdio
-subprocess, calls list_models and then generate_image with a live progress bar, and saves the PNGs.
+subprocess, calls list_models and then generate_image with a live progress bar, saves the PNGs, then edits the
+first one (its background removed, the earlier result given as ``qolaba://images/<task_id>/0``) and says what
+the API received.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ def _server_env(base_url: str | None, out: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_") or k == "QOLABA_API_KEY"}
     env.update(QOLABA_OUTPUT_DIR=str(out.resolve()), QOLABA_SAVE="on")
     if base_url is not None:
-        env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY="sandbox-demo-key")
+        # a throwaway API gets a throwaway ledger: the user's history stays theirs
+        env.update(
+            QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY="sandbox-demo-key", QOLABA_LEDGER_URL="sqlite:///:memory:"
+        )
     return env
 
 
@@ -92,6 +97,28 @@ async def _show(base_url: str | None, out: Path) -> int:
             print(f"note: {note}")
         usage = data.get("usage") or {}
         print(f"reported cost: {usage.get('cost_credits')} credits (${usage.get('cost_usd')})")
+        return await _edit(client, data["task_id"])
+
+
+async def _edit(client: Client, task_id: str) -> int:
+    """The first image edited: its background removed, the earlier result named by its qolaba:// URI."""
+    source = f"qolaba://images/{task_id}/0"
+    print(f"generate_image: remove the background of {source} (fal/birefnet)")
+    result = await client.call_tool(
+        "generate_image", {"model": "fal/birefnet", "image_urls": [source], "wait_seconds": 40}
+    )
+    data = result.structured_content or {}
+    if result.is_error or data.get("status") != "SUCCESS":
+        text = result.content[0].text if result.content else ""  # type: ignore[union-attr]
+        print(f"the edit did not finish: {text}", file=sys.stderr)
+        return 1
+    for saved in data.get("saved_files") or []:
+        if saved:
+            print(f"saved {saved}  (the cut-out: transparent where the background was)")
+    history = await client.call_tool("list_generations", {"limit": 1})
+    newest = ((history.structured_content or {}).get("generations") or [{}])[0]
+    for made_from in newest.get("inputs") or []:
+        print(f"the API received {made_from}")
     return 0
 
 

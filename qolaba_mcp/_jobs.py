@@ -32,7 +32,16 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, Usage
+from ._models import (
+    MAX_API_TEXT,
+    GenerateRequest,
+    GenerateResult,
+    ImageOutput,
+    Task,
+    TaskCreated,
+    Usage,
+    removed_text,
+)
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
@@ -520,9 +529,11 @@ def _pending(task_id: str, entry: _SyncRequest, started: float) -> Generation:
 
 
 def _from_result(result: GenerateResult, model: str, started: float) -> Generation:
+    removed = result.removed and not result.images  # a success with every image filtered out is a failure
     return Generation(
         task_id=result.task_id,
-        status="SUCCESS",
+        status="FAILED" if removed else "SUCCESS",
+        error=removed_text(result.removed) if removed else None,
         model=model,
         prompt=result.prompt,
         seed=result.seed,

@@ -81,12 +81,17 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# An image input may be a data: URI (a local file the server read, or an attachment): up to 10 MiB of image, which
+# is this many characters of base64 with room for its header.
+IMAGE_REF_MAX_CHARS = 14_000_000
+
+
 class ReferenceImage(BaseModel):
     """One reference image for multi-reference consistency."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, Field(min_length=1, max_length=4096, description="The reference image's URL.")]
+    url: Annotated[str, Field(min_length=1, max_length=IMAGE_REF_MAX_CHARS, description="The reference image.")]
     description: Annotated[str | None, Field(max_length=1000, description="What to take from it.")] = None
 
 
@@ -108,7 +113,7 @@ Prompt = Annotated[
     ),
 ]
 ImageUrls = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=4096)]] | None,
+    list[Annotated[str, Field(min_length=1, max_length=IMAGE_REF_MAX_CHARS)]] | None,
     Field(max_length=16, description="Source images (image-to-image, editing)."),
 ]
 ReferenceImages = Annotated[
@@ -119,7 +124,7 @@ MaskUrl = Annotated[
     str | None,
     Field(
         min_length=1,
-        max_length=4096,
+        max_length=IMAGE_REF_MAX_CHARS,
         description="Inpainting mask (white = repaint).",
     ),
 ]
@@ -200,6 +205,8 @@ class ImageOutput(_Open):
     width: int | None = None
     height: int | None = None
     content_type: str | None = None
+    preview_url: str | None = Field(default=None, description="A smaller copy (low_res_urls), used for previews.")
+    nsfw: bool | None = Field(default=None, description="The provider's safety filter flagged it (Has_NSFW_Content).")
 
 
 class Usage(_Open):
@@ -219,6 +226,7 @@ class GenerateResult(_Open):
     images: list[ImageOutput] = Field(default_factory=list)
     usage: Usage | None = None
     notes: list[str] = Field(default_factory=list, description="What the answer held that could not be used.")
+    removed: int = Field(default=0, description="Images the provider's safety filter removed, leaving none.")
 
     @classmethod
     def from_api(cls, payload: Mapping[str, Any]) -> GenerateResult:
@@ -232,6 +240,7 @@ class GenerateResult(_Open):
         task_id = _task_id_in(body, payload)
         if task_id is None and not content["images"]:
             raise ValueError("the answer names neither a task_id nor an image")
+        content["removed"] = content.pop("_removed")
         if task_id is None:
             notes.append("the API's answer named no task_id")
         return cls.model_validate({**_extras(cls, payload), **content, "task_id": task_id, "notes": notes})
@@ -295,12 +304,16 @@ class Task(BaseModel):
         if found_id is None:
             raise ValueError("task body has no 'task_id'")
         notes: list[str] = []
+        content = _content(body, notes)
+        error = _error_text(body) if status == "FAILED" else None
+        if (removed := content.pop("_removed")) and status == "SUCCESS":
+            status, error = "FAILED", removed_text(removed)  # a success with nothing in it is not one
         return cls(
             task_id=found_id,
             status=status,
             raw_status=raw_status[:100],
-            **_content(body, notes),
-            error=_error_text(body) if status == "FAILED" else None,
+            **content,
+            error=error,
             progress=_progress_from(body.get("progress")),
             notes=notes,
             raw=dict(payload),
@@ -332,22 +345,60 @@ def _task_id_in(body: Mapping[str, Any], payload: Mapping[str, Any]) -> str | No
     return None
 
 
+def removed_text(count: int) -> str:
+    return (
+        f"The provider's safety filter removed every image ({count}): nothing can be delivered. Rephrase the prompt "
+        "(or change the input images) before generating again."
+    )
+
+
 def _content(body: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
-    """Images, prompt, seed and usage, from the body's top level or its ``output``/``result``."""
+    """Images, prompt, seed and usage, from the body's top level or its ``output``/``result``.
+
+    ``_removed`` counts the images the provider's safety filter removed when it left none (``Has_NSFW_Content``
+    all true, no URLs): the caller turns that into a failure, never an empty success."""
     output = body.get("output", body.get("result"))
     prompt = _first_str(body, output, "prompt")
+    images = _images_from(body.get("images"), output, notes)
+    removed = _apply_backend_lists(body, output, images, notes)
     return {
-        "images": _images_from(body.get("images"), output, notes),
+        "images": images,
         "prompt": _clip(prompt, _MAX_PROMPT) if prompt is not None else None,
         "seed": _first_int(body, output, "seed", notes),
         "usage": _usage_from(body, output, notes),
+        "_removed": removed,
     }
+
+
+def _apply_backend_lists(body: Mapping[str, Any], output: object, images: list[ImageOutput], notes: list[str]) -> int:
+    """The backend's per-image lists beside ``result``: ``low_res_urls`` (previews) and ``Has_NSFW_Content``.
+
+    Returns how many images the safety filter removed when no image is left (0 otherwise)."""
+    place = output if isinstance(output, Mapping) else body
+    low = place.get("low_res_urls")
+    if isinstance(low, list):
+        for image, url in zip(images, low, strict=False):
+            if isinstance(url, str) and url.strip() and len(url.strip()) <= MAX_URL_CHARS:
+                image.preview_url = url.strip()
+    flags = place.get("Has_NSFW_Content", body.get("Has_NSFW_Content"))
+    if isinstance(flags, bool):
+        flags = [flags] * max(len(images), 1)
+    if not isinstance(flags, list):
+        return 0
+    flagged = [flag is True for flag in flags[:MAX_IMAGES]]
+    if not images:
+        return sum(flagged)
+    for number, (image, flag) in enumerate(zip(images, flagged, strict=False), start=1):
+        image.nsfw = flag
+        if flag:
+            notes.append(f"image {number} was flagged by the provider's safety filter (it may be blurred or blank)")
+    return 0
 
 
 def _images_from(top: object, output: object, notes: list[str]) -> list[ImageOutput]:
     for candidate in (top, output):
         if isinstance(candidate, Mapping):
-            candidate = candidate.get("images", candidate.get("urls"))
+            candidate = candidate.get("images", candidate.get("urls", candidate.get("result")))
         if isinstance(candidate, str):
             candidate = [candidate]
         if isinstance(candidate, list) and candidate:

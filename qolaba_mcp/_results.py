@@ -219,12 +219,18 @@ def _prices(model: ModelInfo) -> str:
     return f"price per image {prices or 'unknown'} ({model.price_source})"
 
 
-def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None) -> str:
+def explain(exc: QolabaError, catalog: Catalog, *, model: str | None = None, data_uris: bool = False) -> str:
     """A tool-error text that tells the agent its next move."""
     if is_local_task_id(exc.task_id) and not isinstance(exc, TaskNotFoundError):
         # The error of a synchronous request that outlived its call: final, whatever its kind.
         return f"The synchronous request {exc.task_id} ended without images. " + _advice(exc, catalog, model, None)
-    return _advice(exc, catalog, model, exc.task_id)
+    text = _advice(exc, catalog, model, exc.task_id)
+    if data_uris and isinstance(exc, BadRequestError):
+        text += (
+            " This request sent image inputs as data: URIs (local files travel that way), which the Qolaba API may "
+            "not accept: give a public https URL of the image instead."
+        )
+    return text
 
 
 def _advice(exc: QolabaError, catalog: Catalog, model: str | None, task_id: str | None) -> str:
@@ -343,6 +349,7 @@ class HistoryRow(BaseModel):
     images: int
     cost_usd: float | None
     saved_files: list[str] = Field(default_factory=list)
+    inputs: list[str] = Field(default_factory=list, description="What the input images were (never their bytes).")
 
 
 class GenerationList(BaseModel):
@@ -366,6 +373,7 @@ def history_row(row: LedgerRow) -> HistoryRow:
         images=len(row.images),
         cost_usd=row.cost_usd,
         saved_files=[path for path in row.saved_files if path],
+        inputs=row.inputs,
     )
 
 
@@ -377,9 +385,10 @@ def history_result(rows: list[LedgerRow], cursor: str | None) -> CallToolResult:
         cost = f", ${row.cost_usd:g}" if row.cost_usd is not None else ""
         more = f" (+{len(row.saved_files) - 1})" if len(row.saved_files) > 1 else ""
         saved = f", saved {row.saved_files[0]}{more}" if row.saved_files else ""
+        made_from = f" [from {'; '.join(row.inputs)[:300]}]" if row.inputs else ""
         lines.append(
             f"{row.when} {row.status} {row.model} task_id={row.task_id} {row.images} image(s){cost}"
-            f"{saved}: {row.prompt or '(no prompt)'}"
+            f"{saved}: {row.prompt or '(no prompt)'}{made_from}"
         )
         if row.status == "unknown":
             lines.append("  (state unknown: check before retrying)")

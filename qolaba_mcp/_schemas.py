@@ -57,6 +57,8 @@ def _node(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {k: v for k, v in _node(value, defs).items() if k != "description"}  # said by the property
         elif key == "maximum" and isinstance(value, int) and value >= 2**53:
             continue  # beyond what a JSON number holds exactly (a seed's 2**63 - 1): the server still checks it
+        elif key == "maxLength" and isinstance(value, int) and value >= 1_000_000:
+            continue  # a data: URI's room (megabytes) tells a model nothing and costs bytes: the server checks it
         else:
             out[key] = value
     if isinstance(node.get("properties"), dict):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote
 
@@ -30,7 +31,8 @@ from ._catalog import Capability, Catalog, CatalogFileError
 from ._client import QolabaClient
 from ._config import Settings
 from ._delivery import Delivered, Delivery, default_data_dir, default_output_dir
-from ._errors import QolabaError
+from ._errors import QolabaError, TaskNotFoundError
+from ._inputs import EarlierImage, InputError, InputResolver, has_data_uri, parse_roots
 from ._jobs import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
 from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
 from ._prices import LiveCatalog, check_request
@@ -123,6 +125,8 @@ class AppContext:
     catalog: Catalog  # the built-in catalogue with the models file: what LiveCatalog falls back to
     prices: LiveCatalog  # the catalogue with the live model list merged in: prices and published limits
     save_by_default: bool
+    local_inputs: bool = False  # local files as image inputs: stdio only (over HTTP the server's disk is not yours)
+    input_roots: list[Path] = field(default_factory=list)
     catalog_warning: str | None = None
     links: IssuedLinks = field(default_factory=IssuedLinks)
     # list_models answers by (capability, warnings): the catalogue they were made from, their text and structure
@@ -192,6 +196,7 @@ async def history_table(settings: Settings, search: str | None, limit: int) -> s
         lines.append(f"{row.when:<20} {row.status:<10} {row.model[:26]:<26} {row.images:>3} {cost:>7}  {row.task_id}")
         lines.append(f"{'':<70}{row.prompt or '(no prompt)'}")
         lines += [f"{'':<70}file: {path}" for path in row.saved_files]
+        lines += [f"{'':<70}from {made_from[:200]}" for made_from in row.inputs]
     return "\n".join(lines)
 
 
@@ -351,6 +356,8 @@ def build_server(
                     catalog=catalog,
                     prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
                     save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
+                    local_inputs=transport == "stdio",
+                    input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
                     catalog_warning=warning,
                 )
             finally:
@@ -439,7 +446,7 @@ def _generate_image_tool(settings: Settings) -> Tool:
         mode = _given(arguments.pop("mode", None), _MODE.default)
         wait_seconds = float(_given(arguments.pop("wait_seconds", None), wait.default))
         save = arguments.pop("save", None)
-        request = GenerateRequest(**arguments, celery=mode == "async")
+        request, inputs = await _resolve_inputs(ctx, GenerateRequest(**arguments, celery=mode == "async"))
         priced = await _priced(app, request, max_cost=max_cost, approval=approval)
         budget = Budget(
             quote=priced, daily_budget=settings.daily_budget_usd, per_call_cap=settings.max_cost_per_call_usd
@@ -448,12 +455,12 @@ def _generate_image_tool(settings: Settings) -> Tool:
         async def start(report: ProgressFn, key: SecretStr | None) -> Generation:
             if app.tracked is not None:
                 return await app.tracked.generate(
-                    request, wait_seconds=wait_seconds, on_progress=report, api_key=key, budget=budget
+                    request, wait_seconds=wait_seconds, on_progress=report, api_key=key, budget=budget, inputs=inputs
                 )
             generation = await app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key)
             return generation.model_copy(update={"estimate_usd": priced.estimate_usd})
 
-        generation = await _run(ctx, start, model=request.model)
+        generation = await _run(ctx, start, model=request.model, data_uris=has_data_uri(request))
         return await app.finish(generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx))
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
@@ -470,12 +477,49 @@ def _generate_image_tool(settings: Settings) -> Tool:
         description=(
             "Generate images with a Qolaba model; waits up to wait_seconds with progress, else returns a task_id "
             "for get_task. Paid (list_models has prices), except that a call identical to an unfinished or "
-            "undelivered one joins it."
+            "undelivered one joins it. Image inputs take URLs, earlier results (qolaba://images/<task_id>/<n>), "
+            "data: URIs and (stdio) local file paths."
         ),
         read_only=False,
         open_world=True,
         output_keys=_RESULT_KEYS,
     )
+
+
+async def _resolve_inputs(ctx: Context[AppContext], request: GenerateRequest) -> tuple[GenerateRequest, list[str]]:
+    """The request with its image inputs made into what the API takes, and the ledger's record of them."""
+    app = _app(ctx)
+    key = _client_key(ctx, app.settings)
+
+    async def find_image(task_id: str, index: int) -> EarlierImage:
+        try:
+            generation = await app.runner.get_task(task_id, wait_seconds=0, on_progress=None, api_key=key)
+        except TaskNotFoundError:
+            raise InputError(f"no task {task_id!r} is known (check the task_id, or generate the image again)") from None
+        except QolabaError as exc:
+            raise InputError(f"task {task_id} could not be looked up: {exc.message}") from exc
+        if generation.status != "SUCCESS":
+            raise InputError(f"task {task_id} is {generation.status}, so it has no images to use yet")
+        if index >= len(generation.images):
+            last = len(generation.images) - 1
+            raise InputError(f"task {task_id} has images 0 to {last}; there is no image {index}")
+        finished, saved = None, None
+        row_id = getattr(generation, "row_id", None)
+        if app.tracked is not None and row_id is not None and (row := await app.tracked.ledger.get(row_id)):
+            finished = row.finished_at
+            saved = row.saved_files[index] if index < len(row.saved_files) else None
+        return EarlierImage(url=generation.images[index].url, finished_at=finished, saved_file=saved)
+
+    resolver = InputResolver(
+        roots=app.input_roots,
+        max_bytes=app.settings.input_max_bytes,
+        local_files=app.local_inputs,
+        find_image=find_image,
+    )
+    try:
+        return await resolver.resolve_request(request)
+    except InputError as exc:
+        raise ToolError(f"{exc.message} Nothing was submitted.") from exc
 
 
 # What the spend-approval resolver answers when it does not ask the user.
@@ -831,6 +875,7 @@ async def _run(
     *,
     task_id: str | None = None,
     model: str | None = None,
+    data_uris: bool = False,
 ) -> Generation:
     """Run a job for a tool call: the caller's key, progress to the caller, stop if it leaves, errors as text."""
     app = _app(ctx)
@@ -838,7 +883,7 @@ async def _run(
         return await _while_connected(ctx, start(_progress_sender(ctx), _client_key(ctx, app.settings)))
     except QolabaError as exc:
         exc.task_id = exc.task_id or task_id
-        raise ToolError(explain(exc, app.catalog, model=model)) from exc
+        raise ToolError(explain(exc, app.catalog, model=model, data_uris=data_uris)) from exc
 
 
 async def _while_connected(ctx: Context[AppContext], work: Awaitable[Generation]) -> Generation:

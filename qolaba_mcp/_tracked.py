@@ -119,8 +119,8 @@ class TrackedJobs:
         new = NewGeneration(
             principal=self.principal(api_key),
             api_base=self._api_base,
-            request_hash=request_hash(body),
-            request=body,
+            request_hash=request_hash(body),  # of the whole request: the same local file joins, another does not
+            request=_without_image_bytes(body),
             model=request.model,
             prompt=request.prompt,
             inputs=inputs or [],
@@ -303,6 +303,26 @@ class TrackedJobs:
                     await self.ledger.release(row_id, now=time.time())
             except Exception:
                 log.exception("the ledger could not record %s for %s", changes.state or "a change", row_id)
+
+
+def _without_image_bytes(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as the ledger keeps it: a ``data:`` URI (a local file's bytes) becomes a short placeholder."""
+
+    def short(value: Any) -> Any:
+        if isinstance(value, str) and value[:5].lower() == "data:":
+            return f"{value[: value.find(',') + 1 or 40][:60]}... ({len(value)} characters, not kept)"
+        return value
+
+    kept = dict(body)
+    if isinstance(kept.get("image_urls"), list):
+        kept["image_urls"] = [short(url) for url in kept["image_urls"]]
+    if isinstance(kept.get("reference_images"), list):
+        kept["reference_images"] = [
+            {**ref, "url": short(ref.get("url"))} if isinstance(ref, dict) else ref for ref in kept["reference_images"]
+        ]
+    if "mask_url" in kept:
+        kept["mask_url"] = short(kept["mask_url"])
+    return kept
 
 
 def _changes(generation: Generation) -> Changes:

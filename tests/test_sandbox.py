@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
@@ -23,6 +24,16 @@ SEED_EXAMPLE = {
     "prompt": "A photorealistic cat sitting on the Eiffel Tower at sunset",
     "aspect_ratio": "16:9",
 }
+
+
+def _data_uri(colour: str) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+# The sandbox reads only data: URIs and its own image URLs.
+SOURCE, MASK = _data_uri("red"), _data_uri("white")
 
 
 def post(sandbox: SandboxServer, body: dict[str, Any], headers: dict[str, str] = HEADERS) -> httpx2.Response:
@@ -159,13 +170,8 @@ def test_validation_names_the_problem(qolaba_sandbox: SandboxServer, body: dict[
 @pytest.mark.parametrize(
     "body",
     [
-        {"model": "fal/birefnet", "image_urls": ["http://x/a.png"]},
-        {
-            "model": "fal/flux-inpainting",
-            "prompt": "p",
-            "image_urls": ["http://x/a"],
-            "mask_url": "http://x/m",
-        },
+        {"model": "fal/birefnet", "image_urls": [SOURCE]},
+        {"model": "fal/flux-inpainting", "prompt": "p", "image_urls": [SOURCE], "mask_url": MASK},
         {"model": "fal/flux-dev", "prompt": "p", "num_inference_steps": 150, "guidance_scale": 30},
         {"model": "vertex/nano-banana-pro", "prompt": "p", "num_images": 10, "quality": "4K"},
     ],

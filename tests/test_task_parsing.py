@@ -115,3 +115,52 @@ def test_task_id_from_argument_and_id_alias() -> None:
 def test_unusable_bodies_raise(body: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Task.from_api(body)
+
+
+# -- the backend's own shape: output.result, low_res_urls, Has_NSFW_Content, error/error_data -----------------------
+
+BACKEND = {
+    "task_id": "t1",
+    "status": "SUCCESS",
+    "seed": 7,
+    "usage": {"images_generated": 2, "cost_usd": 0.06, "cost_credits": 12},
+    "output": {
+        "result": ["https://x/full0.png", "https://x/full1.png"],
+        "low_res_urls": ["https://x/small0.jpg", "https://x/small1.jpg"],
+        "Has_NSFW_Content": [False, True],
+    },
+}
+
+
+def test_backend_result_list_with_previews_and_flags() -> None:
+    task = Task.from_api(BACKEND)
+    assert task.status == "SUCCESS" and task.seed == 7 and task.usage is not None
+    assert [image.url for image in task.images] == ["https://x/full0.png", "https://x/full1.png"]
+    assert [image.preview_url for image in task.images] == ["https://x/small0.jpg", "https://x/small1.jpg"]
+    assert [image.nsfw for image in task.images] == [False, True]
+    assert any("image 2 was flagged by the provider's safety filter" in note for note in task.notes)
+
+
+def test_a_success_whose_images_were_all_removed_is_a_failure() -> None:
+    body = {**BACKEND, "output": {"result": [], "low_res_urls": [], "Has_NSFW_Content": [True, True]}}
+    task = Task.from_api(body)
+    assert task.status == "FAILED" and task.images == []
+    assert task.error is not None and "safety filter removed every image (2)" in task.error
+    assert task.usage is not None and task.usage.cost_usd == 0.06  # what it cost is still reported
+
+
+def test_sync_result_with_every_image_removed_fails_too() -> None:
+    from qolaba_mcp._jobs import _from_result
+    from qolaba_mcp._models import GenerateResult
+
+    result = GenerateResult.from_api({**BACKEND, "output": {"result": [], "Has_NSFW_Content": True}})
+    generation = _from_result(result, "m", started=0.0)
+    assert generation.status == "FAILED" and "safety filter" in (generation.error or "")
+    kept = _from_result(GenerateResult.from_api(BACKEND), "m", started=0.0)
+    assert kept.status == "SUCCESS" and len(kept.images) == 2
+
+
+def test_backend_error_category_and_detail() -> None:
+    body = {"task_id": "t2", "status": "FAILED", "error": "Image URL Error", "error_data": "403 from the image host"}
+    task = Task.from_api(body)
+    assert task.error is not None and "Image URL Error" in task.error and "403 from the image host" in task.error

@@ -1,18 +1,27 @@
-"""The sandbox: a local, Qolaba-compatible image API with real PNGs, the API's validation and fault injection."""
+"""The sandbox: a local, Qolaba-compatible image API with real PNGs, the API's validation and fault injection.
+
+Its pictures are drawn from the request (see ``_draw``): the inputs a request names are read when it is submitted,
+and only from ``data:`` URIs and the sandbox's own image URLs; nothing is ever fetched over the network.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
+import re
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,15 +31,18 @@ from starlette.types import Receive, Scope, Send
 
 from .._catalog import CREDIT_USD, Catalog, ModelInfo
 from .._models import GENERATION_FIELDS, GenerateRequest, ImageOutput, TaskStatus, Usage
-from ._png import render_png
+from ._draw import InputImageError, decode_data_uri, load_image, low_res_jpeg, render
 
 log = logging.getLogger("qolaba_mcp.sandbox")
 
 FaultKind = Literal["rate_limit", "server_error", "disconnect", "lost_response", "malformed", "failed_task"]
 FaultTarget = Literal["submit", "poll", "both"]
 ModelsEndpoint = Literal["ok", "404", "500", "garbage"]
-PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "mixed"]
-_SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level")
+PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "backend", "mixed"]
+_SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level", "backend")
+Nsfw = Literal["none", "some", "all"]
+
+MAX_INPUT_BYTES = 10 * 1024 * 1024  # one input image file, decoded from its data: URI
 
 FAULT_ALIASES: dict[str, FaultKind] = {
     "429": "rate_limit",
@@ -97,6 +109,27 @@ class SandboxConfig(BaseModel):
         default="ok",
         description="How GET /api/v1/images/models answers: the list, 404, 500, or a body that is not JSON.",
     )
+    nsfw: Nsfw = Field(
+        default="none",
+        description="Images the provider's safety filter flags: none, the first ('some'; it stays), or every one "
+        "('all'; all are removed, the generation is still charged).",
+    )
+    failed_status: Literal[200, 500] = Field(
+        default=200, description="HTTP status of a poll that finds its task FAILED (the body is the same)."
+    )
+    result_ttl: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="Seconds a finished task is kept; after that its polls and its images answer 404. None: forever.",
+    )
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """A request's input images as image files (at most 16 + 14 + 1 of them, each at most MAX_INPUT_BYTES)."""
+
+    sources: tuple[bytes, ...] = ()
+    references: tuple[bytes, ...] = ()
+    mask: bytes | None = None
 
 
 @dataclass
@@ -111,6 +144,8 @@ class _Task:
     latency: float
     fails: bool
     shape: PollShape
+    nsfw: Nsfw
+    inputs: _Inputs
 
     def status(self, now: float) -> TaskStatus:
         elapsed = now - self.created
@@ -126,6 +161,7 @@ class SandboxState:
     config: SandboxConfig = field(default_factory=SandboxConfig)
     catalog: Catalog = field(default_factory=Catalog.builtin)
     tasks: dict[str, _Task] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)  # ids of tasks forgotten after result_ttl
     counters: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     polls_by_task: Counter[str] = field(default_factory=Counter)
@@ -133,6 +169,7 @@ class SandboxState:
 
     def reset(self) -> None:
         self.tasks.clear()
+        self.expired.clear()
         self.counters.clear()
         self.faults.clear()
         self.polls_by_task.clear()
@@ -145,6 +182,24 @@ class SandboxState:
                 self.faults[f"{kind}:{endpoint}"] += 1
                 return True
         return False
+
+    def expire(self, now: float) -> None:
+        """Forget the finished tasks older than ``result_ttl``, remembering only their ids."""
+        ttl = self.config.result_ttl
+        if ttl is None:
+            return
+        for task_id, task in list(self.tasks.items()):
+            if now > task.created + task.latency + ttl:
+                del self.tasks[task_id]
+                self.expired.add(task_id)
+
+    def find(self, task_id: str, now: float) -> _Task | str:
+        """The task, or why there is none: its id is unknown, or it has expired."""
+        self.expire(now)
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task
+        return f"Task {task_id} has expired" if task_id in self.expired else f"Unknown task: {task_id}"
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -247,18 +302,48 @@ def _malformed(status: int = 200, task_id: str | None = None) -> Response:
     return Response(body.encode(), status_code=status, media_type="application/json")
 
 
+class _RenderCache:
+    """The last few files drawn, so that downloading an image again does not draw it again."""
+
+    def __init__(self, *, entries: int = 16, max_bytes: int = 128 * 1024 * 1024) -> None:
+        self._files: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self._entries = entries
+        self._max_bytes = max_bytes
+
+    def get(self, key: tuple[str, int, str]) -> bytes | None:
+        data = self._files.get(key)
+        if data is not None:
+            self._files.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, int, str], data: bytes) -> None:
+        self._files[key] = data
+        self._files.move_to_end(key)
+        while len(self._files) > self._entries or (
+            len(self._files) > 1 and sum(map(len, self._files.values())) > self._max_bytes
+        ):
+            self._files.popitem(last=False)
+
+    def clear(self) -> None:
+        self._files.clear()
+
+
 class Sandbox:
     """The ASGI application and its state; mount it anywhere or run it with ``SandboxServer``."""
 
     def __init__(self, config: SandboxConfig | None = None, *, catalog: Catalog | None = None) -> None:
         self.state = SandboxState(config=config or SandboxConfig(), catalog=catalog or Catalog.builtin())
         self.state.reset()
+        self._cache = _RenderCache()
+        # Drawing a 4K picture takes most of a second and a few hundred MB: a few at a time, off the event loop.
+        self._drawing = anyio.CapacityLimiter(4)
         self.app = Starlette(
             routes=[
                 Route("/api/v1/images/generate", self._generate, methods=["POST"]),
                 Route("/api/v1/tasks/{task_id}", self._get_task, methods=["GET"]),
                 Route("/api/v1/images/models", self._models, methods=["GET"]),
                 Route("/_sandbox/images/{task_id}/{index:int}.png", self._image, methods=["GET"]),
+                Route("/_sandbox/images/{task_id}/{index:int}.low.jpg", self._low_res, methods=["GET"]),
                 Route("/_sandbox/stats", self._stats, methods=["GET"]),
                 Route("/_sandbox/reset", self._reset, methods=["POST"]),
                 Route("/_sandbox/config", self._config, methods=["GET", "PUT"]),
@@ -298,7 +383,11 @@ class Sandbox:
             state.counters["rejected"] += 1
             return rejection
         assert parsed is not None and model is not None
-        task = self._create(parsed, model)
+        inputs = await self._read_inputs(parsed, request)
+        if isinstance(inputs, Response):
+            state.counters["rejected"] += 1
+            return inputs
+        task = self._create(parsed, model, inputs)
         state.counters["submissions"] += 1
         # A lost or garbled answer after the task exists is the case that tempts clients to resubmit.
         if state.roll("lost_response", "submit"):
@@ -317,7 +406,7 @@ class Sandbox:
                 "Generation failed: the model returned no image (sandbox-injected failure).",
                 task_id=task.task_id,
             )
-        return JSONResponse(self._result(task, request))
+        return JSONResponse({**self._result(task, request), **_nsfw_field(task)})
 
     async def _get_task(self, request: Request) -> Response:
         state = self.state
@@ -335,10 +424,12 @@ class Sandbox:
             return _Disconnect()
         if state.roll("malformed", "poll"):
             return _malformed()
-        task = state.tasks.get(task_id)
-        if task is None:
-            return _error(404, "Not Found", f"Unknown task: {task_id}")
-        return JSONResponse(self._task_body(task, request))
+        task = state.find(task_id, time.time())
+        if isinstance(task, str):
+            return _error(404, "Not Found", task)
+        body = self._task_body(task, request)
+        failed = body["status"] == "FAILED"
+        return JSONResponse(body, status_code=state.config.failed_status if failed else 200)
 
     async def _models(self, request: Request) -> Response:
         state = self.state
@@ -356,14 +447,20 @@ class Sandbox:
         return JSONResponse({"models": [_model_entry(model) for model in state.catalog]})
 
     async def _image(self, request: Request) -> Response:
-        task = self.state.tasks.get(request.path_params["task_id"])
-        index = request.path_params["index"]
-        if task is None or task.status(time.time()) != "SUCCESS" or not 0 <= index < _count(task):
-            return _error(404, "Not Found", "No such image.")
+        task = self._finished(request.path_params["task_id"], request.path_params["index"])
+        if isinstance(task, str):
+            return _error(404, "Not Found", task)
         self.state.counters["image_downloads"] += 1
-        key = f"{task.seed}|{index}|{task.request.prompt or ''}|{task.model.id}"
-        png = await anyio.to_thread.run_sync(lambda: render_png(width=task.width, height=task.height, key=key))
+        png = await self._png(task, request.path_params["index"])
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+    async def _low_res(self, request: Request) -> Response:
+        task = self._finished(request.path_params["task_id"], request.path_params["index"])
+        if isinstance(task, str):
+            return _error(404, "Not Found", task)
+        self.state.counters["image_downloads"] += 1
+        jpeg = await self._jpeg(task, request.path_params["index"])
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
 
     # --- sandbox control ------------------------------------------------------------------------------
 
@@ -372,6 +469,7 @@ class Sandbox:
 
     async def _reset(self, request: Request) -> Response:
         self.state.reset()
+        self._cache.clear()
         return JSONResponse(self.state.stats())
 
     async def _config(self, request: Request) -> Response:
@@ -420,10 +518,78 @@ class Sandbox:
             return _error(400, "Bad Request", problem), None, None
         return None, parsed, model
 
-    def _create(self, request: GenerateRequest, model: ModelInfo) -> _Task:
+    async def _read_inputs(self, parsed: GenerateRequest, request: Request) -> _Inputs | Response:
+        """Every input image of the request, read now; a 400 naming the first that cannot be read."""
+        base_url = str(request.base_url)
+        try:
+            sources = [
+                await self._read_input(f"image_urls[{number}]", url, base_url)
+                for number, url in enumerate(parsed.image_urls or [])
+            ]
+            references = [
+                await self._read_input(f"reference_images[{number}].url", reference.url, base_url)
+                for number, reference in enumerate(parsed.reference_images or [])
+            ]
+            mask = None if parsed.mask_url is None else await self._read_input("mask_url", parsed.mask_url, base_url)
+        except InputImageError as exc:
+            return _error(400, "Image URL Error", str(exc))
+        return _Inputs(sources=tuple(sources), references=tuple(references), mask=mask)
+
+    async def _read_input(self, name: str, url: str, base_url: str) -> bytes:
+        """The image file behind one input, from a data: URI or one of this sandbox's own finished images."""
+        if url[:5].lower() == "data:":
+            try:
+                return await anyio.to_thread.run_sync(_read_data_uri, url, limiter=self._drawing)
+            except InputImageError as exc:
+                raise InputImageError(f"{name}: {exc}") from None
+        own = _own_image(url, base_url)
+        if own is None:
+            raise InputImageError(
+                f"{name}: the sandbox reads only data: URIs (data:image/...;base64,...) and its own image URLs "
+                f"({base_url.rstrip('/')}/_sandbox/images/<task_id>/<index>.png); it fetches nothing over the "
+                f"network, so it cannot read {_short(url)}"
+            )
+        task = self._finished(*own)
+        if isinstance(task, str):
+            raise InputImageError(f"{name}: {_short(url)} is not an image this sandbox can read ({task})")
+        return await self._png(task, own[1])
+
+    def _finished(self, task_id: str, index: int) -> _Task | str:
+        """The task whose image ``index`` exists, or why there is none."""
+        now = time.time()
+        task = self.state.find(task_id, now)
+        if isinstance(task, str):
+            return task
+        if task.status(now) != "SUCCESS":
+            return f"Task {task_id} has not finished with SUCCESS"
+        if not 0 <= index < _published(task):
+            return f"Task {task_id} has no image {index}"
+        return task
+
+    async def _png(self, task: _Task, index: int) -> bytes:
+        key = (task.task_id, index, "png")
+        png = self._cache.get(key)
+        if png is None:
+            png = await anyio.to_thread.run_sync(partial(_draw_image, task, index), limiter=self._drawing)
+            self._cache.put(key, png)
+        return png
+
+    async def _jpeg(self, task: _Task, index: int) -> bytes:
+        key = (task.task_id, index, "low.jpg")
+        jpeg = self._cache.get(key)
+        if jpeg is None:
+            png = await self._png(task, index)
+            jpeg = await anyio.to_thread.run_sync(low_res_jpeg, png, limiter=self._drawing)
+            self._cache.put(key, jpeg)
+        return jpeg
+
+    def _create(self, request: GenerateRequest, model: ModelInfo, inputs: _Inputs) -> _Task:
         state = self.state
         now = time.time()
+        state.expire(now)
         width, height = model.dimensions(request.aspect_ratio, request.quality)
+        if inputs.sources and request.aspect_ratio is None:  # an edit keeps its source's shape
+            width, height = _source_shape(inputs.sources[0], max(width, height)) or (width, height)
         shape = state.config.poll_shape
         task = _Task(
             task_id=f"task_{int(now * 1000)}_{secrets.token_hex(4)}",
@@ -436,6 +602,8 @@ class Sandbox:
             latency=state.config.latency,
             fails=state.roll("failed_task", "submit"),
             shape=state.rng.choice(_SHAPES) if shape == "mixed" else shape,
+            nsfw=state.config.nsfw,
+            inputs=inputs,
         )
         state.tasks[task.task_id] = task
         return task
@@ -449,7 +617,7 @@ class Sandbox:
                 height=task.height,
                 content_type="image/png",
             )
-            for index in range(_count(task))
+            for index in range(_published(task))
         ]
 
     def _usage(self, task: _Task) -> Usage:
@@ -468,6 +636,8 @@ class Sandbox:
     def _task_body(self, task: _Task, request: Request) -> dict[str, Any]:
         now = time.time()
         status = task.status(now)
+        backend = task.shape == "backend"
+        detail = "error_data" if backend else "error_detail"
         body: dict[str, Any] = {
             "task_id": task.task_id,
             "type": "image",
@@ -477,17 +647,25 @@ class Sandbox:
             "progress": min(100, round(100 * (now - task.created) / task.latency)) if task.latency else 100,
             "output": None,
             "error": None,
-            "error_detail": None,
+            detail: None,
         }
         if status == "FAILED":
             body["completed_at"] = _iso(task.created + task.latency)
-            body["error"] = "Generation failed"
-            body["error_detail"] = "The model returned no image (sandbox-injected failure)."
+            body["error"] = "Generation Error" if backend else "Generation failed"
+            body[detail] = "The model returned no image (sandbox-injected failure)."
         elif status == "SUCCESS":
             body["completed_at"] = _iso(task.created + task.latency)
             result = self._result(task, request)
             images = result["images"]
-            if task.shape == "output-object":
+            if backend:
+                urls = [image["url"] for image in images]
+                body["output"] = {
+                    "result": urls,
+                    "low_res_urls": [url.removesuffix(".png") + ".low.jpg" for url in urls],
+                    "Has_NSFW_Content": _nsfw_flags(task),
+                }
+                body.update(seed=result["seed"], usage=result["usage"])
+            elif task.shape == "output-object":
                 body["output"] = result
             elif task.shape == "output-list":
                 body["output"] = images
@@ -495,6 +673,8 @@ class Sandbox:
                 body["output"] = [image["url"] for image in images]
             else:
                 body.update(result)
+            if not backend:
+                body.update(_nsfw_field(task))
         return body
 
 
@@ -529,8 +709,86 @@ def _model_entry(model: ModelInfo) -> dict[str, Any]:
     return entry
 
 
+def _source_shape(source: bytes, long_side: int) -> tuple[int, int] | None:
+    """The source image's proportions at ``long_side`` pixels on its longer side (read from its header only)."""
+    try:
+        with Image.open(io.BytesIO(source)) as image:
+            w, h = image.size
+    except (OSError, ValueError):
+        return None
+    if w <= 0 or h <= 0:
+        return None
+    scale = long_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def _count(task: _Task) -> int:
+    """How many images the task generated (and is charged for)."""
     return task.request.num_images or 1
+
+
+def _published(task: _Task) -> int:
+    """How many of its images the task shows: none when the safety filter removed them all."""
+    return 0 if task.nsfw == "all" else _count(task)
+
+
+def _nsfw_flags(task: _Task) -> list[bool]:
+    """Whether the provider's safety filter flagged each image generated."""
+    return [task.nsfw == "all" or (task.nsfw == "some" and index == 0) for index in range(_count(task))]
+
+
+def _nsfw_field(task: _Task) -> dict[str, list[bool]]:
+    """The flags as a top-level field, for the shapes that do not carry them in ``output``; none if none is set."""
+    return {} if task.nsfw == "none" else {"Has_NSFW_Content": _nsfw_flags(task)}
+
+
+_OWN_IMAGE = re.compile(r"/_sandbox/images/([^/]+)/([0-9]{1,6})\.png")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _own_image(url: str, base_url: str) -> tuple[str, int] | None:
+    """The task id and index of one of this sandbox's image URLs (same scheme, host and port), else None."""
+    try:
+        parts, base = urlsplit(url), urlsplit(base_url)
+        port, base_port = parts.port, base.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme)) != (
+        base.scheme,
+        base.hostname,
+        base_port or _DEFAULT_PORTS.get(base.scheme),
+    ):
+        return None
+    prefix = base.path.rstrip("/")
+    found = _OWN_IMAGE.fullmatch(parts.path.removeprefix(prefix)) if parts.path.startswith(prefix) else None
+    if found is None or parts.query or parts.fragment:
+        return None
+    return found[1], int(found[2])
+
+
+def _read_data_uri(uri: str) -> bytes:
+    """The image file in a data: URI, decoded once now so that bad pixel data is refused at submission."""
+    data = decode_data_uri(uri, max_bytes=MAX_INPUT_BYTES)
+    load_image(data).close()
+    return data
+
+
+def _draw_image(task: _Task, index: int) -> bytes:
+    """Image ``index`` of a finished task, drawn from its request and inputs (the inputs decode again here)."""
+    inputs = task.inputs
+    return render(
+        prompt=task.request.prompt,
+        model=task.model.id,
+        seed=task.seed,
+        width=task.width,
+        height=task.height,
+        index=index,
+        capabilities=list(task.model.capabilities),
+        sources=[load_image(data) for data in inputs.sources],
+        references=[load_image(data) for data in inputs.references],
+        mask=None if inputs.mask is None else load_image(inputs.mask),
+    )
 
 
 def _api_key(request: Request) -> str:

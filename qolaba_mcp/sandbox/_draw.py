@@ -359,6 +359,18 @@ def _draw_references(picture: Image.Image, references: list[Image.Image]) -> Non
         picture.paste(thumb, offset, thumb)
 
 
+def low_res_jpeg(png: bytes, *, long_side: int = 512) -> bytes:
+    """A JPEG of a rendered PNG, its long side shrunk to ``long_side`` at most, transparency flattened on white."""
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
+        small = picture.convert("RGBA")
+    small.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)
+    flat = Image.new("RGB", small.size, (255, 255, 255))
+    flat.paste(small, (0, 0), small)
+    out = io.BytesIO()
+    flat.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
 def _png(picture: Image.Image, caption: str) -> bytes:
     info = PngInfo()
     info.add_text("Description", caption)
