@@ -185,3 +185,11 @@ def test_roots_setting(tmp_path: Path) -> None:
     assert out in defaults and Path.home() / "Pictures" in defaults and Path.home() not in defaults
     assert parse_roots("off", out) == []
     assert parse_roots(f"{tmp_path}/a{os.pathsep}~/b", out) == [tmp_path / "a", Path.home() / "b"]
+
+
+def test_file_uris_name_local_paths_windows_ones_too() -> None:
+    from qolaba_mcp._inputs import _file_uri_path
+
+    assert _file_uri_path("image_urls[0]", "file:///home/me/My%20Pictures/a.png") == "/home/me/My Pictures/a.png"
+    assert _file_uri_path("image_urls[0]", "file://localhost/tmp/a.png") == "/tmp/a.png"
+    assert _file_uri_path("image_urls[0]", "file:///C:/Users/me/a.png") == r"C:\Users\me\a.png"
