@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?= -n 4
 
-.PHONY: test lint demo sandbox soak fuzz bench interop clean
+.PHONY: test lint demo sandbox soak fuzz bench interop browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,19 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py --out BENCHMARKS.md
 
 # MCP clients and schema converters written elsewhere (MCP Inspector, TypeScript SDK current and 1.11, pydantic-ai
-# 2.x and 1.x, langchain-mcp-adapters, OpenAI Agents SDK, fastmcp, google-genai, JSON Schema 2020-12) against
-# qolaba-mcp over stdio, each pinned in its own environment under .interop/; one result line per client, exit 1 on
-# any FAIL. A registry that cannot be reached: SKIPPED, or FAIL under CI=true. See scripts/interop.sh.
+# 2.x and 1.x, langchain-mcp-adapters, OpenAI Agents SDK, fastmcp, google-genai, JSON Schema 2020-12, and the MCP
+# Apps host of `make browser`) against qolaba-mcp, each pinned in its own environment under .interop/; one result
+# line per client, exit 1 on any FAIL. A registry that cannot be reached, or no Chromium for the Apps host: SKIPPED,
+# or FAIL under CI=true. See scripts/interop.sh.
 interop: $(STAMP)
 	bash scripts/interop.sh
+
+# The gallery MCP App in headless Chromium (the system's: chromium, chromium-browser or google-chrome), mounted by a
+# host page built on @modelcontextprotocol/ext-apps (scripts/apps_host, installed once under .interop/apps-host/),
+# against the real server. Left out of `make test`; `make interop` runs it as its mcp-apps-host line.
+browser: $(STAMP)
+	bash scripts/apps_host/build.sh .interop/apps-host
+	QOLABA_BROWSER_TESTS=1 $(BIN)/python -m pytest -q tests/browser
 
 # 500 generate_image calls, 20 at a time, through one stdio server against a faulty sandbox.
 soak: $(STAMP)

@@ -1,5 +1,5 @@
 """qolaba-mcp against its floors, side by side, in one run: start-up, round trips, sync overhead, completion
-lag, 100 concurrent calls and memory.
+lag, 100 concurrent calls and memory; and the gallery MCP App's size and paint time in headless Chromium.
 
     .venv/bin/python bench/bench.py [--quick] [--only SCENARIO ...] [--out BENCHMARKS.md]
 
@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from typing import Any
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, TextResourceContents
 
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
@@ -67,13 +68,24 @@ class Plan:
     crowd_images: int = 4  # images per call in the default-configuration crowd
     ledger_rows: int = 100_000  # rows in the ledger that list_generations searches
     ledger_queries: int = 200
+    app_runs: int = 10  # gallery app mounts timed in Chromium, each with a generation of its own
+    app_images: int = 4  # images per timed generation
 
 
-SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger")
+SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger", "app")
 
 
 FULL = Plan(starts=12, round_trips=300, sync_calls=60, latencies=(2.0, 10.0, 30.0), lag_calls=5, concurrent=100)
-QUICK = Plan(starts=5, round_trips=50, sync_calls=20, latencies=(2.0,), lag_calls=5, concurrent=20, ledger_rows=10_000)
+QUICK = Plan(
+    starts=5,
+    round_trips=50,
+    sync_calls=20,
+    latencies=(2.0,),
+    lag_calls=5,
+    concurrent=20,
+    ledger_rows=10_000,
+    app_runs=3,
+)
 
 
 # --- helpers: statistics, environment, /proc ---------------------------------------------------------------
@@ -391,6 +403,106 @@ async def completion_lag(plan: Plan) -> list[Batch]:
     return sorted(batches, key=lambda b: b.latency)
 
 
+# --- scenario 7: the gallery MCP App ---------------------------------------------------------------------------
+
+APP_TARGET_KB = 48
+PAINT_TARGET_MS = 500  # the grid fills in while the user still reads the status line
+HOST_PREFIX = REPO / ".interop" / "apps-host"
+
+# Run in the app's frame before the result is sent: resolves with the time of the first animation frame after every
+# thumbnail has loaded (complete, naturalWidth > 0), the frame that paints them. Load events and DOM changes drive
+# it, so nothing polls.
+PAINT_WATCH = """() => {
+  window.qolabaPainted = new Promise((resolve) => {
+    const check = () => {
+      const thumbs = [...document.querySelectorAll(".card img.thumb")];
+      if (!thumbs.length || !thumbs.every((img) => img.complete && img.naturalWidth > 0)) return;
+      observer.disconnect();
+      document.removeEventListener("load", check, true);
+      requestAnimationFrame(() => resolve({ at: performance.timeOrigin + performance.now(), count: thumbs.length }));
+    };
+    const observer = new MutationObserver(check);
+    observer.observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ["src"] });
+    document.addEventListener("load", check, true);
+  });
+}"""
+SEND_RESULT = "(r) => { const at = performance.timeOrigin + performance.now(); host.toolResult(r); return at; }"
+
+
+@dataclass
+class AppFigures:
+    size_bytes: int
+    images: int
+    paint_ms: list[float] = field(default_factory=list)  # tool result sent -> thumbnails painted, one per run
+    skipped: str | None = None  # why there are no paint times
+
+
+def browser_host() -> Any:
+    """tests/browser/host.py, the MCP Apps host the browser tests use (it imports playwright, a dev dependency)."""
+    spec = importlib.util.spec_from_file_location("bench_apps_host", REPO / "tests" / "browser" / "host.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def host_page_missing(host: Any) -> str | None:
+    """Why the host page cannot be had: (re)built with scripts/apps_host/build.sh where npm is (a cached install)."""
+    if host.find_chromium() is None:
+        return f"no Chromium on PATH ({', '.join(host.CHROMIUM_NAMES)})"
+    if shutil.which("npm") and shutil.which("node"):
+        build = subprocess.run(
+            ["bash", str(REPO / "scripts" / "apps_host" / "build.sh"), str(HOST_PREFIX)], capture_output=True, text=True
+        )
+        if build.returncode != 0:
+            last = (build.stderr or build.stdout).strip().splitlines()[-1:] or ["no output"]
+            return f"scripts/apps_host/build.sh failed: {last[0][:200]}"
+    if not host.host_built(HOST_PREFIX):
+        return f"the MCP Apps host page is not built in {HOST_PREFIX} and npm is not available"
+    return None
+
+
+async def gallery_app(plan: Plan, base_url: str) -> AppFigures:
+    """The app's resource size; then, in Chromium, result sent -> thumbnails painted, each run a new mount."""
+    host = browser_host()
+    # The defaults (previews on, files saved): generate_image downloads every image, so the sandbox has drawn it
+    # before the clock starts, as a real API has it stored; gallery_image still fetches and shrinks it.
+    with tempfile.TemporaryDirectory(prefix="qolaba-bench-app-") as folder:
+        params = qolaba_params(base_url, output_dir=folder, ledger=ledger_file("app"))
+        async with Client(params, extensions=[host.ui_extension()]) as client:
+            (contents,) = (await client.read_resource(host.APP_URI)).contents
+            if not isinstance(contents, TextResourceContents):
+                raise RuntimeError(f"{host.APP_URI} is not text")
+            figures = AppFigures(len(contents.text.encode()), plan.app_images)
+            figures.skipped = host_page_missing(host)
+            if not figures.skipped:
+                tool = next(t for t in (await client.list_tools()).tools if t.name == "generate_image")
+                with host.serve_host_page(HOST_PREFIX) as url:
+                    async with host.chromium(host.find_chromium()) as browser:
+                        for run in range(plan.app_runs + 1):  # the first warms Chromium and the server's image path
+                            async with host.AppHost.open(browser, url, host.client_call_tool(client)) as app_host:
+                                await app_host.mount(contents.text, meta=dict(contents.meta or {}), tool=tool)
+                                paint_ms = await paint_time(host, app_host, client, plan.app_images, run)
+                            if run:
+                                figures.paint_ms.append(paint_ms)
+    return figures
+
+
+async def paint_time(host: Any, app_host: Any, client: Client, images: int, run: int) -> float:
+    """One generation shown in a mounted app: ms from the result sent to its thumbnails painted."""
+    frame = await app_host.app()
+    arguments = {"model": MODEL, "prompt": f"bench gallery {run}", "num_images": images}
+    await app_host.tool_input(arguments)
+    result = host.wire(await client.call_tool("generate_image", arguments))
+    await frame.evaluate(PAINT_WATCH)
+    sent = await app_host.page.evaluate(SEND_RESULT, result)
+    with anyio.fail_after(30):
+        painted = await frame.evaluate("() => window.qolabaPainted")
+    if painted["count"] != images or app_host.errors:
+        raise RuntimeError(f"the gallery showed {painted['count']} of {images} images; errors: {app_host.errors}")
+    return float(painted["at"] - sent)
+
+
 # --- report ---------------------------------------------------------------------------------------------------
 
 
@@ -474,6 +586,7 @@ class Results:
     lag: list[Batch] | None = None
     crowds: list[Batch] | None = None  # previews and files off, then the defaults
     search: tuple[float, float, float, float] | None = None  # SQLite: fill seconds, search p50/p95 ms, mean page
+    app: AppFigures | None = None
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
 
@@ -555,6 +668,9 @@ def build_rows(res: Results) -> list[Row]:
                 "-", "-", "<= 30 ms", verdict(p95 <= 30))
         )  # fmt: skip
 
+    if res.app is not None:
+        rows += app_rows(res.app)
+
     if res.starts is not None:
         rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
         ratio = median(rss_q) / median(rss_f)
@@ -569,6 +685,20 @@ def build_rows(res: Results) -> list[Row]:
             )
         )
     return rows
+
+
+def app_rows(app: AppFigures) -> list[Row]:
+    size = Row("gallery app resource (ui://qolaba/gallery.html)", f"{app.size_bytes / 1024:.1f} KB", "-", "-",
+               f"<= {APP_TARGET_KB} KB", verdict(app.size_bytes <= APP_TARGET_KB * 1024))  # fmt: skip
+    label = f"gallery: tool result -> {app.images} thumbnails painted, Chromium"
+    if not app.paint_ms:
+        return [size, Row(label, "n/a", "-", "-", f"p95 <= {PAINT_TARGET_MS} ms", f"skipped: {app.skipped}")]
+    p95 = pct(app.paint_ms, 0.95)
+    return [
+        size,
+        Row(f"{label} p50", f"{median(app.paint_ms):.0f} ms", "-", "-", "-", "info"),
+        Row(f"{label} p95", f"{p95:.0f} ms", "-", "-", f"<= {PAINT_TARGET_MS} ms", verdict(p95 <= PAINT_TARGET_MS)),
+    ]
 
 
 def crowd_label(crowd: Batch) -> str:
@@ -710,6 +840,27 @@ def details(res: Results) -> str:
         )
         for name, kbs in res.starts.rss_kb.items():
             out.append(f"- {name}: median {mb(median(kbs))}, min {mb(min(kbs))}, max {mb(max(kbs))}")
+    if res.app is not None:
+        out.append("\n### 7. The gallery MCP App\n")
+        out.append(
+            f"The app's HTML as `resources/read` of `ui://qolaba/gallery.html` returns it: {res.app.size_bytes:,} "
+            f"bytes. Then, in the system's headless Chromium, the host page of `tests/browser` (the Apps SDK's "
+            f"`AppBridge` over `PostMessageTransport`, the app in a sandboxed iframe) mounts the app, sends the "
+            f"input of a {res.app.images}-image `generate_image`, which the SDK Client then calls for real (the "
+            f"server with its default image settings, so the sandbox has drawn every image by then), and sends its "
+            f"result; timed from just before `sendToolResult` in the host page to the first animation frame in the "
+            f"app after every `img.thumb` has loaded (complete, naturalWidth > 0). That span holds the app's "
+            f"`gallery_image` calls, through the bridge and the server (fetch, shrink to 512 px, encode), for every "
+            f"thumbnail. {p.app_runs} runs, each a new mount and a new generation, after one discarded.\n"
+        )
+        if res.app.paint_ms:
+            values = res.app.paint_ms
+            out.append(
+                f"- p50 {median(values):.0f} ms, p95 {pct(values, 0.95):.0f} ms, max {max(values):.0f} ms; "
+                f"samples: {', '.join(f'{v:.0f}' for v in values)} ms"
+            )
+        else:
+            out.append(f"- not measured: {res.app.skipped}")
     return "\n".join(out) + "\n"
 
 
@@ -768,28 +919,32 @@ async def run(plan: Plan, only: frozenset[str]) -> Results:
     res = Results(plan)
     with SandboxServer(SandboxConfig(latency=0)) as sandbox:
         if "start" in only:
-            print(f"1/6 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
+            print(f"1/7 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
             res.starts = await cold_starts(plan, sandbox.base_url)
         if "trips" in only:
-            print(f"2/6 round trips: {plan.round_trips} calls per tool ...", flush=True)
+            print(f"2/7 round trips: {plan.round_trips} calls per tool ...", flush=True)
             res.trips = await round_trips(plan, sandbox.base_url)
         if "sync" in only:
-            print(f"3/6 sync generate_image vs direct POST, ledger off and on: {plan.sync_calls} each ...", flush=True)
+            print(f"3/7 sync generate_image vs direct POST, ledger off and on: {plan.sync_calls} each ...", flush=True)
             res.sync = await sync_generations(plan, sandbox.base_url)
     if "lag" in only:
         latencies = ", ".join(f"{latency:g} s" for latency in plan.latencies)
-        print(f"4/6 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
+        print(f"4/7 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
         res.lag = await completion_lag(plan)
     if "crowd" in only:
         n, latency = plan.concurrent, plan.concurrent_latency
-        print(f"5/6 {n} concurrent calls, {latency:g} s generations, previews and files off ...", flush=True)
+        print(f"5/7 {n} concurrent calls, {latency:g} s generations, previews and files off ...", flush=True)
         off = await batch(latency, n, measure_memory=True)
         print(f"    {n} concurrent {plan.crowd_images}-image calls with the default image settings ...", flush=True)
         defaults = await batch(latency, n, measure_memory=True, num_images=plan.crowd_images, defaults=True)
         res.crowds = [off, defaults]
     if "ledger" in only:
-        print(f"6/6 list_generations search over {plan.ledger_rows:,} ledger rows (SQLite) ...", flush=True)
+        print(f"6/7 list_generations search over {plan.ledger_rows:,} ledger rows (SQLite) ...", flush=True)
         res.search = await ledger_search(plan)
+    if "app" in only:
+        print(f"7/7 the gallery MCP App: its size, then {plan.app_runs} paints in headless Chromium ...", flush=True)
+        with SandboxServer(SandboxConfig(latency=0)) as sandbox:
+            res.app = await gallery_app(plan, sandbox.base_url)
     res.seconds = time.perf_counter() - started
     res.load = (load_before, os.getloadavg()[0])
     return res
@@ -816,7 +971,8 @@ def main() -> int:
         action="append",
         choices=SCENARIOS,
         help="run only this scenario (repeatable): start (cold start and idle RSS), trips, sync, lag, crowd "
-        "(concurrent calls and their memory, previews off and with the defaults)",
+        "(concurrent calls and their memory, previews off and with the defaults), ledger, app (the gallery MCP App: "
+        "its size, and its paint time in the system's headless Chromium)",
     )
     parser.add_argument(
         "--out", type=Path, help="report file (default: BENCHMARKS.md for a full run, none with --only)"

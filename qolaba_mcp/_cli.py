@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="forget finished tasks after this long: their polls and images then answer 404 (default: never)",
     )
+    sandbox.add_argument(
+        "--pictures",
+        choices=["captioned", "plain"],
+        default="captioned",
+        help="captioned (default): images show prompt, model, seed and size; plain: a cheap gradient for "
+        "generations without input images, for fast test suites (edits are always drawn)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -176,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             nsfw=args.nsfw,
             failed_status=args.failed_status,
             result_ttl=args.result_ttl,
+            pictures=args.pictures,
         )
         print(f"Qolaba sandbox on http://{args.host}:{args.port} (any API key works)", file=sys.stderr)
         serve(config, host=args.host, port=args.port)

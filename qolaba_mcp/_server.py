@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
 import time
@@ -15,6 +16,8 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote
 
 import anyio
+from mcp.server.apps import client_supports_apps
+from mcp.server.context import ServerRequestContext
 from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
@@ -22,7 +25,15 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import (
+    CallToolResult,
+    ImageContent,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+    ToolAnnotations,
+)
+from mcp.types import Tool as ListedTool
 from pydantic import AfterValidator, AnyUrl, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -30,11 +41,12 @@ from . import __version__
 from ._catalog import Capability, Catalog, CatalogFileError
 from ._client import QolabaClient
 from ._config import Settings
-from ._delivery import Delivered, Delivery, default_data_dir, default_output_dir
+from ._delivery import Delivered, Delivery, NoPreview, default_data_dir, default_output_dir
 from ._errors import QolabaError, TaskNotFoundError
+from ._gallery import app_only, gallery_extension, preview, shows_gallery, without_apps
 from ._inputs import EarlierImage, InputError, InputResolver, has_data_uri, parse_roots
 from ._jobs import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
-from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, NotBool, is_safe_task_id
+from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, ImageOutput, NotBool, is_safe_task_id
 from ._prices import LiveCatalog, check_request
 from ._results import (
     GenerationList,
@@ -134,6 +146,8 @@ class AppContext:
         default_factory=dict
     )
     tracked: TrackedJobs | None = None  # None when QOLABA_LEDGER_URL=off
+    # the gallery's previews: decoded a few at a time, whatever an app asks for at once
+    gallery_decodes: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
     @property
     def runner(self) -> Jobs | TrackedJobs:
@@ -276,7 +290,23 @@ _SAVE = FieldInfo.from_annotated_attribute(
 
 
 class QolabaServer(MCPServer):
-    """MCPServer with argument errors written for the model and the image links of our results readable."""
+    """MCPServer with argument errors written for the model, the image links of our results readable, and the
+    gallery app's parts of the tools list shown only to clients that negotiated MCP Apps."""
+
+    async def list_tools(self) -> list[ListedTool]:
+        """The tools as a client without MCP Apps sees them: no app-only tools and no ``_meta.ui``."""
+        return without_apps(await super().list_tools())
+
+    async def list_app_tools(self) -> list[ListedTool]:
+        """The tools as a client with MCP Apps sees them: linked to the gallery, with the tools it calls."""
+        return await super().list_tools()
+
+    async def _handle_list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        # The SDK's handler lists one set of tools for everyone: the request's context says what this client has.
+        tools = await (self.list_app_tools() if client_supports_apps(ctx) else self.list_tools())
+        return ListToolsResult(tools=tools)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
         try:
@@ -372,12 +402,14 @@ def build_server(
         lifespan=lifespan,
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
         tools=[
-            _generate_image_tool(settings),
-            _get_task_tool(settings),
+            shows_gallery(_generate_image_tool(settings)),
+            shows_gallery(_get_task_tool(settings)),
             _list_models_tool(),
-            _list_generations_tool(),
+            shows_gallery(_list_generations_tool()),
             _get_spend_tool(),
+            app_only(_gallery_image_tool()),
         ],
+        extensions=[gallery_extension()],
     )
     _add_resources(server)
     return server
@@ -746,6 +778,33 @@ def _get_spend_tool() -> Tool:
     )
 
 
+_IMAGE_INDEX = Annotated[int, Field(ge=0, le=15, description="Which image, from 0"), NotBool]
+
+
+def _gallery_image_tool() -> Tool:
+    """For the gallery app alone: one image of a finished task as a small picture, so the app needs no network."""
+
+    async def gallery_image(ctx: Context[AppContext], task_id: str, index: int) -> CallToolResult:
+        app = _app(ctx)
+        image = await _finished_image(ctx, task_id, str(index))
+        try:
+            data, mime_type = await preview(app.delivery, image, decodes=app.gallery_decodes)
+        except QolabaError as exc:
+            raise ToolError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
+        except NoPreview as exc:
+            raise ToolError(f"Image {index} of task {task_id} cannot be shown: {exc}") from exc
+        return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode("ascii"), mime_type=mime_type)])
+
+    _set_signature(gallery_image, [_keyword("task_id", TaskId), _keyword("index", _IMAGE_INDEX)], CallToolResult)
+    return _tool(
+        gallery_image,
+        title="Gallery image",
+        description="One image of a finished generation as a JPEG or WebP, long side at most 512 px (for the gallery).",
+        read_only=True,
+        open_world=True,
+    )
+
+
 def _timestamp(moment: datetime | None) -> float | None:
     if moment is None:
         return None
@@ -813,20 +872,24 @@ def _add_resources(server: MCPServer) -> None:
         mime_type="image/png",
     )
     async def image_resource(task_id: str, index: str, ctx: Context[AppContext]) -> bytes:
-        # ASCII digits only: "²".isdigit() is true, yet int("²") fails.
-        if not (index.isascii() and index.isdigit()):
-            raise ResourceError(f"{index[:20]!r} is not an image index: give a number from 0, like 0 or 1.")
-        generation = await _task_for_resource(ctx, task_id)
-        if generation.status != "SUCCESS":
-            raise ResourceError(f"Task {task_id} is {generation.status}: it has no images yet.")
-        if len(index) > 6 or int(index) >= len(generation.images):
-            raise ResourceError(
-                f"Task {task_id} has images 0 to {len(generation.images) - 1}; no image {index[:20]!r}."
-            )
+        image = await _finished_image(ctx, task_id, index)
         try:
-            return await _app(ctx).delivery.fetch_png(generation.images[int(index)].url)
+            return await _app(ctx).delivery.fetch_png(image.url)
         except QolabaError as exc:
             raise ResourceError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
+
+
+async def _finished_image(ctx: Context[AppContext], task_id: str, index: str) -> ImageOutput:
+    """Image ``index`` of the caller's finished task (a ResourceError says why not, in a tool too)."""
+    # ASCII digits only: "²".isdigit() is true, yet int("²") fails.
+    if not (index.isascii() and index.isdigit()):
+        raise ResourceError(f"{index[:20]!r} is not an image index: give a number from 0, like 0 or 1.")
+    generation = await _task_for_resource(ctx, task_id)
+    if generation.status != "SUCCESS":
+        raise ResourceError(f"Task {task_id} is {generation.status}: it has no images yet.")
+    if len(index) > 6 or int(index) >= len(generation.images):
+        raise ResourceError(f"Task {task_id} has images 0 to {len(generation.images) - 1}; no image {index[:20]!r}.")
+    return generation.images[int(index)]
 
 
 async def _read_image_link(url: str, ctx: Context[AppContext]) -> list[ReadResourceContents]:

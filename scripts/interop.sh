@@ -9,8 +9,10 @@
 #
 # Exits 1 when any client FAILs, after all have run. A package registry that cannot be reached is said so plainly:
 # SKIPPED for the clients it would have installed, or FAIL when CI=true. Without node/npm the Node clients are
-# SKIPPED. INTEROP_SERVER overrides the server command (default: .venv/bin/qolaba-mcp --sandbox); INTEROP_JOBS the
-# number of clients run at once (default 3: they mostly wait on the server).
+# SKIPPED. The MCP Apps host (the gallery app in headless Chromium, tests/browser) needs a Chromium on PATH: without
+# one it is SKIPPED, or FAIL when CI=true. INTEROP_SERVER overrides the server command (default:
+# .venv/bin/qolaba-mcp --sandbox); INTEROP_JOBS the number of clients run at once (default 3: they mostly wait on the
+# server).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -83,6 +85,18 @@ install_npm() { # env, package@version, file that must exist after
         echo "$key" >"$prefix/.interop-stamp"
 }
 
+# The MCP Apps host page: scripts/apps_host/build.sh installs its pinned packages (npm ci, cached by its own stamp)
+# and bundles it; the registry is asked only when that install is missing or stale.
+install_apps_host() {
+    local prefix=$STATE/apps-host log=$LOGS/install-apps-host.log
+    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+        echo "nobrowser no Chromium on PATH (chromium, chromium-browser or google-chrome): install Debian's chromium" >"$STATUS/apps-host"
+        return
+    fi
+    if bash scripts/apps_host/build.sh --no-install "$prefix" >>"$log" 2>&1; then echo ok >"$STATUS/apps-host"; return; fi
+    try_install apps-host npm npm_reachable "$log" bash scripts/apps_host/build.sh "$prefix"
+}
+
 install_uv() { # into a venv of its own, with pip (and so pip's configuration)
     local prefix=$STATE/uv key
     key="uv==$UV_VERSION $(python3 -V 2>&1)"
@@ -147,8 +161,9 @@ if [ $have_node = 1 ]; then
     install_npm inspector "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" node_modules/.bin/mcp-inspector &
     install_npm ts-sdk "@modelcontextprotocol/sdk@$TS_SDK_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
     install_npm ts-sdk-1.11 "@modelcontextprotocol/sdk@$TS_SDK_LEGACY_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
+    install_apps_host &
 else
-    for env in inspector ts-sdk ts-sdk-1.11; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
+    for env in inspector ts-sdk ts-sdk-1.11 apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
 fi
 install_python_envs &
 wait
@@ -157,6 +172,9 @@ say "installs ready in $((installed - started)) s"
 
 # The version a requirements/<env>.in pins for a package, for the table.
 pin() { sed -nE "s/^$2(\[[^]]*\])?==([^ ;#]+).*/\2/p" "$HERE/requirements/$1.in" | head -1; }
+
+# The version scripts/apps_host/package.json pins for a package, for the table.
+npm_pin() { sed -nE "s|^ *\"$1\": \"([^\"]+)\".*|\1|p" scripts/apps_host/package.json | head -1; }
 
 # One row per client: name | version shown | environment | command (from the repository root; the server follows).
 ROWS=(
@@ -171,6 +189,7 @@ ROWS=(
     "fastmcp|fastmcp $(pin fastmcp fastmcp)|fastmcp|$STATE/fastmcp/bin/python $HERE/fastmcp_client.py"
     "google-genai|google-genai $(pin converters google-genai)|converters|$STATE/converters/bin/python $HERE/schema_converters.py google-genai"
     "json-schema|jsonschema $(pin converters jsonschema) (2020-12)|converters|$STATE/converters/bin/python $HERE/schema_converters.py json-schema"
+    "mcp-apps-host|@modelcontextprotocol/ext-apps $(npm_pin @modelcontextprotocol/ext-apps)|apps-host|bash $HERE/apps_host_client.sh $STATE/apps-host"
 )
 
 # A result file per client: name TAB version TAB seconds TAB OK|FAIL|SKIPPED TAB detail.
@@ -212,6 +231,10 @@ for row in "${ROWS[@]}"; do
             else record "$name" "$version" SKIPPED "$reason"; fi
             continue ;;
         nonode) record "$name" "$version" SKIPPED "$reason"; continue ;;
+        nobrowser)
+            if in_ci; then record "$name" "$version" FAIL "$reason (CI=true: a failure, not a skip)"
+            else record "$name" "$version" SKIPPED "$reason"; fi
+            continue ;;
         *) record "$name" "$version" FAIL "$reason"; continue ;;
     esac
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done

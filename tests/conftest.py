@@ -41,7 +41,8 @@ def shared_sandbox() -> Iterator[SandboxServer]:
 @pytest.fixture
 def sandbox(shared_sandbox: SandboxServer) -> SandboxServer:
     """The session's sandbox, back at its defaults with empty counters (fast generations)."""
-    shared_sandbox.sandbox.state.config = SandboxConfig(latency=0.5)
+    # plain pictures: a gradient costs nothing to draw, and most tests need an image, not its caption
+    shared_sandbox.sandbox.state.config = SandboxConfig(latency=0.5, pictures="plain")
     shared_sandbox.sandbox.state.reset()
     return shared_sandbox
 

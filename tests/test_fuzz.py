@@ -23,7 +23,7 @@ from qolaba_mcp.sandbox import SandboxServer
 
 from .conftest import connect
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 GENERATE_FIELDS = [
     "model", "prompt", "image_urls", "reference_images", "mask_url", "aspect_ratio", "quality", "num_images",
     "seed", "num_inference_steps", "guidance_scale", "temperature", "negative_prompt", "mode", "wait_seconds",

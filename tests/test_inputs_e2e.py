@@ -72,6 +72,7 @@ def saved_image(result: CallToolResult) -> Image.Image:
 
 
 async def test_an_earlier_result_is_an_input_by_its_uri(sandbox: SandboxServer, tmp_path: Path) -> None:
+    sandbox.configure(pictures="captioned")  # a caption panel over a pattern: its cut-out has something to cut
     ledger = tmp_path / "ledger.db"
     async with stdio(sandbox, QOLABA_LEDGER_URL=f"sqlite:///{ledger}") as client:
         first = data(await client.call_tool("generate_image", {**FLASH, "num_images": 2}))

@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from .._catalog import CREDIT_USD, Catalog, ModelInfo
 from .._models import GENERATION_FIELDS, GenerateRequest, ImageOutput, TaskStatus, Usage
 from ._draw import InputImageError, decode_data_uri, load_image, low_res_jpeg, render
+from ._png import render_png
 
 log = logging.getLogger("qolaba_mcp.sandbox")
 
@@ -117,6 +118,11 @@ class SandboxConfig(BaseModel):
     failed_status: Literal[200, 500] = Field(
         default=200, description="HTTP status of a poll that finds its task FAILED (the body is the same)."
     )
+    pictures: Literal["captioned", "plain"] = Field(
+        default="captioned",
+        description="captioned: every image shows its prompt, model, seed and size over a seeded pattern. plain: a "
+        "generation without input images is a cheap seeded gradient (for fast test suites); edits are always drawn.",
+    )
     result_ttl: Annotated[float, Field(ge=0)] | None = Field(
         default=None,
         description="Seconds a finished task is kept; after that its polls and its images answer 404. None: forever.",
@@ -146,6 +152,7 @@ class _Task:
     shape: PollShape
     nsfw: Nsfw
     inputs: _Inputs
+    plain: bool = False  # drawn as a cheap gradient (pictures="plain", no input images)
 
     def status(self, now: float) -> TaskStatus:
         elapsed = now - self.created
@@ -604,6 +611,7 @@ class Sandbox:
             shape=state.rng.choice(_SHAPES) if shape == "mixed" else shape,
             nsfw=state.config.nsfw,
             inputs=inputs,
+            plain=state.config.pictures == "plain" and not (inputs.sources or inputs.references or inputs.mask),
         )
         state.tasks[task.task_id] = task
         return task
@@ -776,6 +784,9 @@ def _read_data_uri(uri: str) -> bytes:
 
 def _draw_image(task: _Task, index: int) -> bytes:
     """Image ``index`` of a finished task, drawn from its request and inputs (the inputs decode again here)."""
+    if task.plain:
+        key = f"{task.seed}|{index}|{task.request.prompt or ''}|{task.model.id}"
+        return render_png(width=task.width, height=task.height, key=key)
     inputs = task.inputs
     return render(
         prompt=task.request.prompt,
