@@ -22,7 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.extension import advertise
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
-from mcp.types import CallToolResult, ImageContent, TextContent, TextResourceContents
+from mcp.types import CallToolResult, ImageContent, TextResourceContents
 from PIL import Image
 
 from qolaba_mcp._config import Settings
@@ -31,6 +31,7 @@ from qolaba_mcp._server import build_server
 from qolaba_mcp.sandbox import SandboxServer
 
 from .conftest import HttpServer, server_env
+from .results import data, text
 
 pytestmark = pytest.mark.anyio
 
@@ -40,15 +41,6 @@ REQUEST = {"model": FLASH, "prompt": "A lighthouse on a cliff at dusk", "num_ima
 SHOWN_IN_GALLERY = {"generate_image", "get_task", "list_generations"}
 TODAYS_TOOLS = ["generate_image", "get_task", "list_models", "list_generations", "get_spend"]
 HTML_FILE = Path(__file__).parents[1] / "qolaba_mcp" / "gallery" / "gallery.html"
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def data(result: CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, text(result)
-    return result.structured_content
 
 
 @asynccontextmanager

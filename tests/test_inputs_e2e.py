@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from PIL import Image, ImageDraw
 
 from qolaba_mcp._catalog import Catalog
@@ -25,19 +25,11 @@ from qolaba_mcp._results import explain
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 from .conftest import HttpServer, server_env
+from .results import data, text
 
 pytestmark = pytest.mark.anyio
 
 FLASH = {"model": "vertex/nano-banana-flash", "prompt": "a lighthouse"}
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def data(result: CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, text(result)
-    return result.structured_content
 
 
 @asynccontextmanager

@@ -20,24 +20,16 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.context import ClientRequestContext
-from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult, TextContent
+from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
 
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 from .conftest import HttpServer, server_env
+from .results import data, text
 
 pytestmark = pytest.mark.anyio
 
 FLASH = "vertex/nano-banana-flash"  # $0.03 an image at its default quality, as the sandbox publishes it
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def data(result: CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, text(result)
-    return result.structured_content
 
 
 def published(sandbox: SandboxServer) -> dict[str, dict[str, Any]]:
