@@ -472,7 +472,6 @@ def _generate_image_tool(settings: Settings) -> Tool:
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
         app = _app(ctx)
-        _client_key(ctx, app.settings)  # a key the server would refuse is refused before anything else is asked
         approval = arguments.pop("approval")
         max_cost = arguments.pop("max_cost_usd", None)
         mode = _given(arguments.pop("mode", None), _MODE.default)
@@ -519,7 +518,9 @@ def _generate_image_tool(settings: Settings) -> Tool:
 
 
 async def _resolve_inputs(ctx: Context[AppContext], request: GenerateRequest) -> tuple[GenerateRequest, list[str]]:
-    """The request with its image inputs made into what the API takes, and the ledger's record of them."""
+    """The request with its image inputs made into what the API takes, and the ledger's record of them.
+
+    The first step of generate_image: a key the server would refuse is refused here, before anything else."""
     app = _app(ctx)
     key = _client_key(ctx, app.settings)
 

@@ -17,11 +17,13 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Self
 
 import pytest
+
+from qolaba_mcp.ledger import LedgerStore, open_ledger
 
 # initdb refuses to run as root (CI runs as root): the server then runs as this OS user.
 OS_USER = "postgres"
@@ -147,3 +149,19 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+# Every ledger test runs on both backends: SQLite in a fresh folder, and a fresh database on the session's server.
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/data/ledger.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
+    opened = open_ledger(ledger_url)
+    await opened.open()
+    yield opened
+    await opened.close()

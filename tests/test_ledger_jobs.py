@@ -32,13 +32,6 @@ pytestmark = pytest.mark.anyio
 FOX = {"model": "vertex/nano-banana-flash", "prompt": "a red fox in the snow", "seed": 7}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 def data(result: CallToolResult) -> dict[str, Any]:
     assert result.structured_content is not None, result.content
     return result.structured_content

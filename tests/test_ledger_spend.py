@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,21 +23,6 @@ pytestmark = pytest.mark.anyio
 
 DAY = 86_400.0
 CALLS, PRICE, BUDGET = 40, 0.03, 0.30  # room for exactly 10
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/data/ledger.db"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    opened = open_ledger(ledger_url)
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 _seed = iter(range(1_000_000))

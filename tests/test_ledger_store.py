@@ -6,7 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -64,21 +64,6 @@ def new(
         prompt=prompt,
         inputs=["https://example.com/in.png"],
     )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/data/ledger.db"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-async def store(ledger_url: str) -> AsyncIterator[LedgerStore]:
-    opened = open_ledger(ledger_url)
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def backend(url: str) -> ModuleType:

@@ -252,15 +252,7 @@ class SQLiteLedger:
     async def update(self, row_id: str, changes: Changes, *, now: float) -> LedgerRow:
         data = changes.model_dump(mode="json")
         params = {**data, **{c: _json(data[c]) for c in ("images", "usage", "saved_files")}, "now": now, "id": row_id}
-
-        def run(conn: sqlite3.Connection) -> LedgerRow:
-            conn.execute(_SQL_UPDATE, params)
-            found = conn.execute(_SQL_GET, (row_id,)).fetchone()
-            if found is None:
-                raise LedgerError(f"no generation {row_id!r} in the ledger")
-            return _to_row(found)
-
-        return await self._write(run)
+        return await self._change(row_id, _SQL_UPDATE, params)
 
     async def mark_delivered(self, row_id: str) -> bool:
         return await self._write(lambda conn: conn.execute(_SQL_DELIVER, (row_id,)).rowcount == 1)
@@ -354,7 +346,7 @@ class SQLiteLedger:
         found = await self._read(lambda conn: conn.execute(_SQL_SPEND_BY_MODEL, params).fetchall())
         return build_spend_report([(model, rows, day, month) for model, rows, day, month in found])
 
-    async def _change(self, row_id: str, sql: str, params: tuple[Any, ...]) -> LedgerRow:
+    async def _change(self, row_id: str, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> LedgerRow:
         def run(conn: sqlite3.Connection) -> LedgerRow:
             conn.execute(sql, params)
             found = conn.execute(_SQL_GET, (row_id,)).fetchone()

@@ -28,6 +28,8 @@ import random
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
+from .._fetch import sniff
+
 MAX_PIXELS = 40_000_000
 _FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 _ACCEPTED = "PNG, JPEG, WebP or GIF"
@@ -72,7 +74,7 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
         raise InputImageError("the data URI's data is not valid base64") from None
     if len(data) > max_bytes:  # the last group of four characters may hold one or two bytes too many
         raise InputImageError(_too_large(len(data), max_bytes))
-    if _sniff(data) is None:
+    if sniff(data[:16]) is None:
         raise InputImageError(
             f"the data is not a {_ACCEPTED} image (declared {media_type}, but the bytes' signature is none of these)"
         )
@@ -88,7 +90,7 @@ def load_image(data: bytes) -> Image.Image:
     # Importing the four plugins and naming the format means Pillow never offers the bytes to another plugin.
     from PIL import GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
-    kind = _sniff(data)
+    kind = sniff(data[:16])
     if kind is None:
         raise InputImageError(f"the data is not a {_ACCEPTED} image")
     name = _FORMATS[kind]
@@ -108,19 +110,6 @@ def load_image(data: bytes) -> Image.Image:
         return picture.convert("RGBA")
     except Exception as exc:  # truncated or corrupt pixel data
         raise InputImageError(f"the {name} image is damaged or truncated and cannot be decoded ({exc})") from None
-
-
-def _sniff(data: bytes) -> str | None:
-    """The media type the bytes' signature says they are, for the four accepted types only."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 # --- the picture -------------------------------------------------------------------------------------------------
