@@ -41,6 +41,7 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextResourceContents
 
+from qolaba_mcp.ledger import LedgerRow, open_ledger, principal_of
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -70,9 +71,11 @@ class Plan:
     ledger_queries: int = 200
     app_runs: int = 10  # gallery app mounts timed in Chromium, each with a generation of its own
     app_images: int = 4  # images per timed generation
+    budget_rows: int = 200_000  # the caller's ledger rows in the last 24 hours, for the daily-budget scenario
+    budget_calls: int = 60  # sync generations with the daily budget on, and as many with it off
 
 
-SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger", "app")
+SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger", "app", "budget")
 
 
 FULL = Plan(starts=12, round_trips=300, sync_calls=60, latencies=(2.0, 10.0, 30.0), lag_calls=5, concurrent=100)
@@ -85,6 +88,8 @@ QUICK = Plan(
     concurrent=20,
     ledger_rows=10_000,
     app_runs=3,
+    budget_rows=20_000,
+    budget_calls=20,
 )
 
 
@@ -587,6 +592,7 @@ class Results:
     crowds: list[Batch] | None = None  # previews and files off, then the defaults
     search: tuple[float, float, float, float] | None = None  # SQLite: fill seconds, search p50/p95 ms, mean page
     app: AppFigures | None = None
+    budget: dict[str, list[float]] | None = None  # sync generate_image seconds, "budget on" and "budget off"
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
 
@@ -670,6 +676,14 @@ def build_rows(res: Results) -> list[Row]:
 
     if res.app is not None:
         rows += app_rows(res.app)
+
+    if res.budget is not None:
+        on, off = median(res.budget["budget on"]), median(res.budget["budget off"])
+        extra = (on - off) * 1000
+        rows.append(
+            Row(f"sync generate_image p50, daily budget on vs off, {res.plan.budget_rows:,} rows in 24 h", ms(on),
+                ms(off), f"{extra:+.1f} ms", "<= +2 ms", verdict(extra <= 2))
+        )  # fmt: skip
 
     if res.starts is not None:
         rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
@@ -919,35 +933,76 @@ async def run(plan: Plan, only: frozenset[str]) -> Results:
     res = Results(plan)
     with SandboxServer(SandboxConfig(latency=0)) as sandbox:
         if "start" in only:
-            print(f"1/7 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
+            print(f"1/8 cold start and idle RSS: {plan.starts} starts per server ...", flush=True)
             res.starts = await cold_starts(plan, sandbox.base_url)
         if "trips" in only:
-            print(f"2/7 round trips: {plan.round_trips} calls per tool ...", flush=True)
+            print(f"2/8 round trips: {plan.round_trips} calls per tool ...", flush=True)
             res.trips = await round_trips(plan, sandbox.base_url)
         if "sync" in only:
-            print(f"3/7 sync generate_image vs direct POST, ledger off and on: {plan.sync_calls} each ...", flush=True)
+            print(f"3/8 sync generate_image vs direct POST, ledger off and on: {plan.sync_calls} each ...", flush=True)
             res.sync = await sync_generations(plan, sandbox.base_url)
     if "lag" in only:
         latencies = ", ".join(f"{latency:g} s" for latency in plan.latencies)
-        print(f"4/7 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
+        print(f"4/8 completion lag: {plan.lag_calls} calls at each of {latencies}, concurrently ...", flush=True)
         res.lag = await completion_lag(plan)
     if "crowd" in only:
         n, latency = plan.concurrent, plan.concurrent_latency
-        print(f"5/7 {n} concurrent calls, {latency:g} s generations, previews and files off ...", flush=True)
+        print(f"5/8 {n} concurrent calls, {latency:g} s generations, previews and files off ...", flush=True)
         off = await batch(latency, n, measure_memory=True)
         print(f"    {n} concurrent {plan.crowd_images}-image calls with the default image settings ...", flush=True)
         defaults = await batch(latency, n, measure_memory=True, num_images=plan.crowd_images, defaults=True)
         res.crowds = [off, defaults]
     if "ledger" in only:
-        print(f"6/7 list_generations search over {plan.ledger_rows:,} ledger rows (SQLite) ...", flush=True)
+        print(f"6/8 list_generations search over {plan.ledger_rows:,} ledger rows (SQLite) ...", flush=True)
         res.search = await ledger_search(plan)
     if "app" in only:
-        print(f"7/7 the gallery MCP App: its size, then {plan.app_runs} paints in headless Chromium ...", flush=True)
+        print(f"7/8 the gallery MCP App: its size, then {plan.app_runs} paints in headless Chromium ...", flush=True)
         with SandboxServer(SandboxConfig(latency=0)) as sandbox:
             res.app = await gallery_app(plan, sandbox.base_url)
+    if "budget" in only:
+        print(f"8/8 sync generate_image with a daily budget over {plan.budget_rows:,} ledger rows ...", flush=True)
+        with SandboxServer(SandboxConfig(latency=0)) as sandbox:
+            res.budget = await budgeted_generations(plan, sandbox.base_url)
     res.seconds = time.perf_counter() - started
     res.load = (load_before, os.getloadavg()[0])
     return res
+
+
+async def budgeted_generations(plan: Plan, base_url: str) -> dict[str, list[float]]:
+    """Sync generate_image through two servers on one SQLite ledger holding ``budget_rows`` rows of the caller's
+    in the last 24 hours: one keeping a daily budget (every call sums the day's spend), one not."""
+    url = ledger_file("budget")
+    store = open_ledger(url)
+    await store.open()
+    try:
+        now, who = time.time(), principal_of("bench")
+        for start in range(0, plan.budget_rows, 5_000):
+            rows = []
+            for i in range(start, min(start + 5_000, plan.budget_rows)):
+                at = now - 86_000 + i * 85_000 / plan.budget_rows  # all inside the window, oldest first
+                request = {"model": MODEL, "prompt": f"bench row {i}"}
+                rows.append(
+                    LedgerRow(id=uuid.uuid4().hex, principal=who, api_base=f"{base_url}/api/v1",
+                              request_hash=f"{i:032x}", request=request, model=MODEL, prompt=request["prompt"],
+                              state="succeeded", created_at=at, updated_at=at, finished_at=at, cost_usd=0.000001)
+                )  # fmt: skip
+            await store._insert_rows(rows)  # type: ignore[attr-defined]  # both backends have it
+    finally:
+        await store.close()
+    arguments = {"model": MODEL, "prompt": "bench", "mode": "sync"}
+    budgeted = qolaba_params(base_url, ledger=url)
+    budgeted.env = {**(budgeted.env or {}), "QOLABA_DAILY_BUDGET_USD": "1000000"}
+    async with Client(budgeted) as on, Client(qolaba_params(base_url, ledger=url)) as off:
+
+        def via(client: Client) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                data = check(await client.call_tool("generate_image", arguments), "sync generate_image")
+                if data.get("status") != "SUCCESS":
+                    raise RuntimeError(f"sync generate_image ended {data.get('status')}")
+
+            return call
+
+        return await interleaved({"budget on": via(on), "budget off": via(off)}, plan.budget_calls, warmup=3)
 
 
 async def ledger_search(plan: Plan) -> tuple[float, float, float, float]:
@@ -972,7 +1027,8 @@ def main() -> int:
         choices=SCENARIOS,
         help="run only this scenario (repeatable): start (cold start and idle RSS), trips, sync, lag, crowd "
         "(concurrent calls and their memory, previews off and with the defaults), ledger, app (the gallery MCP App: "
-        "its size, and its paint time in the system's headless Chromium)",
+        "its size, and its paint time in the system's headless Chromium), budget (sync generate_image with a daily "
+        "budget over a large ledger, against none)",
     )
     parser.add_argument(
         "--out", type=Path, help="report file (default: BENCHMARKS.md for a full run, none with --only)"

@@ -13,6 +13,8 @@ from ._errors import QolabaError
 
 DEFAULT_BASE_URL = "https://api.platform.qolaba.ai"
 ENV_PREFIX = "QOLABA_"
+# The most a spend setting may say, in USD: a larger (or infinite) figure is a typo, and would switch its limit off.
+MAX_SPEND_SETTING_USD = 1_000_000.0
 
 
 class SettingsError(QolabaError):
@@ -111,17 +113,23 @@ class Settings(BaseModel):
     max_cost_per_call_usd: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_SPEND_SETTING_USD,
+        allow_inf_nan=False,
         description="Refuse a generate_image call whose estimated price passes this many USD (unset: no cap).",
     )
     daily_budget_usd: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_SPEND_SETTING_USD,
+        allow_inf_nan=False,
         description="Refuse a generate_image call that would take a caller's spend over the last 24 hours past "
-        "this many USD (unset: no budget).",
+        "this many USD (unset: no budget; 0 refuses every paid call).",
     )
     confirm_above_usd: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_SPEND_SETTING_USD,
+        allow_inf_nan=False,
         description="Ask the user to confirm a generate_image call estimated above this many USD (unset: never ask).",
     )
     mcp_auth_token: SecretStr | None = Field(

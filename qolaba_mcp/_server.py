@@ -461,6 +461,7 @@ _MAX_COST = FieldInfo.from_annotated_attribute(
     Field(
         default=None,
         ge=0,
+        allow_inf_nan=False,
         description="Most USD this call may cost (refused above). Where the user cannot be asked to confirm, only "
         "a price the user agreed to",
     ),
@@ -628,9 +629,9 @@ async def _priced(
         raise ToolError(not_confirmed(priced, approval.action))
     if approval.data == _CANNOT_ASK:
         raise ToolError(cannot_ask(priced, app.settings.confirm_above_usd or 0.0))
-    if isinstance(approval.data, SpendApproval) and not approval.data.approve:
-        raise ToolError(not_confirmed(priced, "decline"))
-    return priced
+    if approval.data == _NO_NEED or (isinstance(approval.data, SpendApproval) and approval.data.approve is True):
+        return priced
+    raise ToolError(not_confirmed(priced, "decline"))  # only an explicit approve: true spends
 
 
 def _get_task_tool(settings: Settings) -> Tool:

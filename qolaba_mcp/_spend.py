@@ -7,6 +7,7 @@ so an agent knows the limit, what has been spent, the estimate and what to do. I
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,16 +48,23 @@ class Quote:
 
 
 def quote(catalog: Catalog, *, model: str, quality: str | None, num_images: int | None) -> Quote:
-    """The estimate for a call, from the live catalogue when it has the model (None when it has no price)."""
+    """The estimate for a call, from the live catalogue when it has the model.
+
+    None (unknown) when nothing prices it, and when the price is not a finite positive number or the product
+    overflows: a $0 (or negative, or infinite) price would otherwise pass every cap and budget, so it is held to
+    them as an unknown price is: refused while a cap applies, put to the user above the confirmation threshold.
+    """
     info = catalog.get(model)
     images = num_images or 1
     estimate = estimate_usd(info, quality, images) if info is not None else None
+    if estimate is not None and not (math.isfinite(estimate) and estimate > 0):
+        estimate = None
     return Quote(model=model, info=info, quality=quality, images=images, estimate_usd=estimate)
 
 
 def usd(amount: float | None) -> str:
     """Money as people read it: dollars and cents, with up to four places when a price has fractions of a cent."""
-    if amount is None:
+    if amount is None or not math.isfinite(amount):
         return "unknown"
     if abs(round(amount, 2) - amount) < 1e-9:
         return f"${amount:,.2f}"
@@ -131,9 +139,15 @@ def _in(seconds: float) -> str:
 
 
 class SpendApproval(BaseModel):
-    """The form the user sees before a call above QOLABA_CONFIRM_ABOVE_USD."""
+    """The form the user sees before a call above QOLABA_CONFIRM_ABOVE_USD.
 
-    approve: bool = Field(default=True, title="Approve", description="Go ahead and pay for this generation.")
+    Only ``approve: true`` spends: the box starts unticked, and an answer without it (``{}``, ``{"ok": false}``)
+    is a decline. Strict, so a string such as ``"yes"`` is not read as a yes either.
+    """
+
+    approve: bool = Field(
+        default=False, strict=True, title="Approve", description="Tick to go ahead and pay for this generation."
+    )
 
 
 def approval_question(quote: Quote, *, spent_24h: float | None, budget: float | None) -> str:

@@ -39,12 +39,27 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("QOLABA_REQUEST_TIMEOUT", "-3"), ("QOLABA_SAVE", "sometimes"), ("QOLABA_PREVIEW_MAX_BYTES", "lots")],
+    [
+        ("QOLABA_REQUEST_TIMEOUT", "-3"),
+        ("QOLABA_SAVE", "sometimes"),
+        ("QOLABA_PREVIEW_MAX_BYTES", "lots"),
+        # a spend limit that is infinite, not a number, negative or absurd would switch itself off
+        ("QOLABA_DAILY_BUDGET_USD", "inf"),
+        ("QOLABA_MAX_COST_PER_CALL_USD", "1e999"),
+        ("QOLABA_CONFIRM_ABOVE_USD", "nan"),
+        ("QOLABA_DAILY_BUDGET_USD", "-0.5"),
+        ("QOLABA_MAX_COST_PER_CALL_USD", "2000000"),
+    ],
 )
 def test_bad_values_name_the_variable_without_echoing_them(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({name: value})
     assert name in str(caught.value) and value not in str(caught.value)
+
+
+def test_spend_limits_may_be_zero_and_up_to_a_million() -> None:
+    settings = Settings.from_env({"QOLABA_DAILY_BUDGET_USD": "0", "QOLABA_MAX_COST_PER_CALL_USD": "1e6"})
+    assert (settings.daily_budget_usd, settings.max_cost_per_call_usd) == (0, 1_000_000)
 
 
 def test_lists_are_comma_separated_and_empty_means_unset() -> None:
@@ -61,6 +76,7 @@ def test_lists_are_comma_separated_and_empty_means_unset() -> None:
         ({"QOLABA_MAX_WAIT_SECONDS": "forever"}, "QOLABA_MAX_WAIT_SECONDS"),
         # a budget is counted in the ledger: without one it could not be kept
         ({"QOLABA_DAILY_BUDGET_USD": "1", "QOLABA_LEDGER_URL": "off"}, "QOLABA_DAILY_BUDGET_USD needs the ledger"),
+        ({"QOLABA_DAILY_BUDGET_USD": "inf"}, "QOLABA_DAILY_BUDGET_USD: Input should be a finite number"),
     ],
 )
 def test_bad_environment_stops_the_server_with_the_variable_named(bad: dict[str, str], named: str) -> None:

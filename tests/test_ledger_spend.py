@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import pytest
@@ -260,13 +262,12 @@ async def test_spend_report_by_model_for_a_day_and_a_month(store: LedgerStore) -
     assert everyone["last_30d"]["total_usd"] == pytest.approx(7.85)
 
 
-# -- schema version 2 --------------------------------------------------------------------------------------------
+# -- schema versions 2 and 3 -------------------------------------------------------------------------------------
 
 
-async def test_an_empty_database_gets_version_two_with_the_spend_columns(ledger_url: str, store: LedgerStore) -> None:
-    assert SCHEMA_VERSION == 2
+async def test_an_empty_database_gets_the_spend_columns(ledger_url: str, store: LedgerStore) -> None:
     await row_at(store, NOW)
-    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(2,)]
+    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(SCHEMA_VERSION,)]
     assert await raw(ledger_url, "SELECT estimate_usd, reserved_usd FROM generations") == [(None, 0.0)]
 
 
@@ -293,7 +294,7 @@ async def test_a_version_one_database_is_migrated_and_keeps_its_rows(
     store = open_ledger(ledger_url)
     await store.open()
     try:
-        assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(2,)]
+        assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(SCHEMA_VERSION,)]
         kept = await store.get("old-1")
         assert kept is not None and (kept.prompt, kept.cost_usd, kept.task_id) == ("an old fox", 0.25, "task-old-1")
         assert (kept.estimate_usd, kept.reserved_usd) == (None, 0.0)
@@ -302,6 +303,83 @@ async def test_a_version_one_database_is_migrated_and_keeps_its_rows(
         assert result.ok and result.spent_usd == pytest.approx(0.25)
     finally:
         await store.close()
+
+
+async def minute_sums(url: str) -> list[tuple[str, int, float]]:
+    """spend_minutes as the database holds it, rounded, without the minutes whose spend has all gone."""
+    found = await raw(url, "SELECT principal, minute, usd FROM spend_minutes ORDER BY principal, minute")
+    return [(who, int(minute), round(usd, 6)) for who, minute, usd in found if round(usd, 6)]
+
+
+async def row_sums(url: str) -> list[tuple[str, int, float]]:
+    """What spend_minutes must hold, summed from the rows themselves (a negative amount counts as 0)."""
+    found = await raw(url, "SELECT principal, created_at, cost_usd, reserved_usd FROM generations")
+    sums: dict[tuple[str, int], float] = {}
+    for who, at, cost, held in found:
+        amount = max(cost if cost is not None else held, 0.0)
+        sums[(who, math.floor(at / 60))] = sums.get((who, math.floor(at / 60)), 0.0) + amount
+    return [(who, minute, round(usd, 6)) for (who, minute), usd in sorted(sums.items()) if round(usd, 6)]
+
+
+async def test_a_version_two_database_gets_its_spend_summed_by_the_minute(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minute sums of schema 3 are filled from the rows a version-2 ledger already holds."""
+    module = backend(ledger_url)
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "_MIGRATIONS", module._MIGRATIONS[:2])
+        old = open_ledger(ledger_url)
+        await old.open()
+        for at, cost, held in [(NOW - DAY - 5, 9.0, 0.0), (NOW - DAY + 5, 0.10, 0.0), (NOW - DAY + 30, None, 0.05),
+                               (NOW - 3600, 0.02, 0.0), (NOW - 3590, None, 0.03), (NOW - 60, -1.0, 0.0)]:  # fmt: skip
+            row = await row_at(old, at)
+            if cost is not None:
+                await old.update(row.id, Changes(cost_usd=cost), now=at)
+            await raw(ledger_url, f"UPDATE generations SET reserved_usd = {held} WHERE id = '{row.id}'")
+        await old.close()
+    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(2,)]
+    store = open_ledger(ledger_url)
+    await store.open()
+    try:
+        assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(SCHEMA_VERSION,)]
+        assert await minute_sums(ledger_url) == await row_sums(ledger_url) != []
+        # 0.10 + 0.05 + 0.02 + 0.03 in the window (the -1.0 counts as nothing): 0.10 more needs 0.10 out.
+        refused = await reserve(store, await row_at(store, NOW), 0.20)
+        assert not refused.ok and refused.spent_usd == pytest.approx(0.20)
+        assert refused.frees_at == NOW + 5  # when the oldest row in the window leaves it
+    finally:
+        await store.close()
+
+
+async def test_the_minute_sums_follow_every_change_and_give_the_rows_spend(store: LedgerStore, ledger_url: str) -> None:
+    """Reserve, settle, release and update in many minutes and at the window's edge: the budget check (which reads
+    the minute sums and one minute of rows) sees exactly what the rows add up to, at any moment."""
+    rng = random.Random(18)
+    for i in range(120):
+        at = NOW - DAY - 300 + i * (DAY + 400) / 120 + rng.random() * 50
+        row = await row_at(store, at, principal=rng.choice([ALICE, ALICE, BOB]))
+        if rng.random() < 0.8:
+            assert (await reserve(store, row, round(rng.uniform(0.01, 0.5), 2), now=at, daily_budget=None)).ok
+        step = rng.random()
+        if step < 0.3:
+            await store.settle(row.id, actual_usd=round(rng.uniform(0, 0.4), 3), now=at)
+        elif step < 0.5:
+            await store.release(row.id, now=at)
+        elif step < 0.6:
+            await store.update(row.id, Changes(state="unknown"), now=at)
+    assert await minute_sums(ledger_url) == await row_sums(ledger_url)
+    probe = await row_at(store, NOW + 400)
+    for now in (NOW - 61.5, NOW, NOW + 29.25, NOW + 90, NOW + 400):
+        await store.release(probe.id, now=now)  # the row reserved is not counted; spent_in_window counts every row
+        expected = await spent_in_window(ledger_url, now=now)
+        result = await reserve(store, probe, 0.01, now=now, daily_budget=1e6)
+        assert result.ok and result.spent_usd == pytest.approx(expected, abs=1e-9)
+        tight = await reserve(store, probe, 0.5, now=now, daily_budget=0.5 + result.spent_usd - 1.0)
+        assert not tight.ok and tight.frees_at is not None
+        # frees_at is exact: a moment before it the amount does not fit, at it it does.
+        budget = tight.limit_usd
+        assert not (await reserve(store, probe, 0.5, now=tight.frees_at - 0.001, daily_budget=budget)).ok
+        assert (await reserve(store, probe, 0.5, now=tight.frees_at, daily_budget=budget)).ok
 
 
 def test_new_generation_rows_hold_nothing() -> None:

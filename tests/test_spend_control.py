@@ -10,7 +10,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.context import ClientRequestContext
 from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
 
+from qolaba_mcp._catalog import Catalog
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 from .conftest import HttpServer, server_env
@@ -46,14 +47,14 @@ def price(sandbox: SandboxServer, model: str = FLASH, quality: str | None = None
 class Asker:
     """An elicitation callback that answers every question one way, and keeps the questions."""
 
-    def __init__(self, action: str, approve: bool = True) -> None:
+    def __init__(self, action: str, approve: bool = True, *, content: dict[str, Any] | None = None) -> None:
         self.action = action
-        self.approve = approve
+        self.content = content if content is not None else {"approve": approve}
         self.questions: list[ElicitRequestParams] = []
 
     async def __call__(self, context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
         self.questions.append(params)
-        content = {"approve": self.approve} if self.action == "accept" else None
+        content = self.content if self.action == "accept" else None
         return ElicitResult(action=self.action, content=content)  # type: ignore[arg-type]
 
 
@@ -178,7 +179,56 @@ async def test_unpriced_model_is_refused_while_a_cap_applies(sandbox: SandboxSer
     assert submitted(sandbox) == 0
 
 
+def priced_at(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, usd: float, model: str = FLASH) -> None:
+    """The sandbox publishes (and charges) ``usd`` an image for ``model`` at every quality, for this test only."""
+    state = sandbox.sandbox.state
+    changed = [
+        entry.model_copy(update={"quality_pricing": dict.fromkeys(entry.qualities, usd)})
+        if entry.id == model
+        else entry
+        for entry in state.catalog
+    ]
+    monkeypatch.setattr(state, "catalog", Catalog(changed))
+
+
+async def test_a_zero_price_cannot_switch_the_budget_off(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live price of $0 is no price: under a cap it is refused, as an unpriced model is, and never runs up
+    spend past the budget (before, 30 such calls under a $0.30 budget were all submitted)."""
+    priced_at(sandbox, monkeypatch, 0.0)
+    async with client(sandbox, QOLABA_DAILY_BUDGET_USD="0.30") as session:
+        results = await anyio_gather([lambda n=n: generate(session, prompt=f"free fox {n}") for n in range(30)])
+        spend = data(await session.call_tool("get_spend", {}))
+    assert all(r.is_error and "price of" in text(r) and "not known" in text(r) for r in results), text(results[0])
+    assert submitted(sandbox) == 0 and spend["last_24h"]["total_usd"] == 0
+
+
+async def test_an_overflowing_price_is_unknown_never_inf(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    priced_at(sandbox, monkeypatch, 1e308)  # two images: 2e308, past the largest float
+    async with client(sandbox, QOLABA_MAX_COST_PER_CALL_USD="1") as capped, client(sandbox) as free:
+        refused = await generate(capped, num_images=2)
+        made = await generate(free, num_images=2)  # no cap: the call goes on, its price shown as unknown
+    assert refused.is_error and "not known" in text(refused) and submitted(sandbox) == 1
+    assert data(made)["estimate_usd"] is None and "inf" not in text(made).lower()
+
+
 CALLS, BUDGET = 40, 0.30
+
+
+async def anyio_gather(calls: list[Callable[[], Awaitable[CallToolResult]]]) -> list[CallToolResult]:
+    """The calls run concurrently; their results."""
+    results: list[CallToolResult] = []
+
+    async def one(call: Callable[[], Awaitable[CallToolResult]]) -> None:
+        results.append(await call())
+
+    async with anyio.create_task_group() as group:
+        for call in calls:
+            group.start_soon(one, call)
+    return results
 
 
 async def forty_calls(sessions: list[Client]) -> list[CallToolResult]:
@@ -295,6 +345,20 @@ async def test_a_user_who_says_no_submits_nothing(
         result = await generate(session, num_images=2)
     assert result.is_error and "nothing was submitted" in text(result) and len(asker.questions) == 1
     assert submitted(sandbox) == 0
+
+
+@pytest.mark.parametrize("mode", ERAS)
+@pytest.mark.parametrize("content", [{}, {"ok": False}, {"approve": "yes"}], ids=["empty", "other-field", "text"])
+async def test_only_an_explicit_approve_true_spends(sandbox: SandboxServer, mode: str, content: dict[str, Any]) -> None:
+    """An accepted form without approve: true is no yes (before, {} and {"ok": false} were submitted and charged)."""
+    asker = Asker("accept", content=content)
+    async with client(sandbox, mode=mode, asker=asker, **confirm_env(sandbox)) as session:
+        result = await generate(session, num_images=2)
+    assert result.is_error and len(asker.questions) == 1, text(result)
+    assert submitted(sandbox) == 0
+    schema = asker.questions[0].requested_schema  # a valid form: one boolean, unticked to start with
+    assert schema["properties"]["approve"]["type"] == "boolean"
+    assert schema["properties"]["approve"].get("default", False) is False
 
 
 @pytest.mark.parametrize("mode", ERAS)

@@ -21,6 +21,7 @@ import asyncpg  # type: ignore[import-untyped]  # no type information ships with
 
 from ._records import (
     REPORT_MONTH_S,
+    SPEND_MINUTE_S,
     SPEND_WINDOW_S,
     Changes,
     LedgerError,
@@ -30,12 +31,21 @@ from ._records import (
     Reservation,
     build_spend_report,
     decide_reservation,
+    leaving,
+    leaving_in_minute,
+    minute_of,
+    need_to_age_out,
 )
 from ._sqlite import MIN_PREFIX, decode_cursor, encode_cursor, search_words
 
 POOL_MIN = 1
 POOL_MAX = 10
 CONNECT_TIMEOUT_S = 10.0
+
+# What a row counts against a budget ({} is "", "OLD." or "NEW."), and the minute of a time, as spend_minutes keeps
+# it. reserve computes the window's first minute with the same division (minute_of), so a row is never in two.
+_COUNTED = "greatest(coalesce({0}cost_usd, {0}reserved_usd), 0)"
+_MINUTE = f"floor({{}} / {SPEND_MINUTE_S})::bigint"
 
 # Migration N (list index N-1) moves the schema from version N-1 to N, so len(_MIGRATIONS) == SCHEMA_VERSION and
 # version 2 is one more entry. Each runs in the transaction that bumps the version (PostgreSQL's DDL is
@@ -84,6 +94,39 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE generations ADD COLUMN estimate_usd double precision;
     ALTER TABLE generations ADD COLUMN reserved_usd double precision NOT NULL DEFAULT 0;
     """,
+    # 3: each principal's spend by the minute of created_at (SPEND_MINUTE_S), so that a budget check sums a day of
+    # minutes instead of reading a day of rows. A row counts greatest(coalesce(cost_usd, reserved_usd), 0); the
+    # trigger keeps the sums in step with every change to it, and the existing rows are summed in.
+    f"""
+    CREATE TABLE spend_minutes (
+        principal text NOT NULL,
+        minute bigint NOT NULL,
+        usd double precision NOT NULL,
+        PRIMARY KEY (principal, minute)
+    );
+    INSERT INTO spend_minutes (principal, minute, usd)
+        SELECT principal, {_MINUTE.format("created_at")}, sum({_COUNTED.format("")}) FROM generations
+        WHERE {_COUNTED.format("")} > 0 GROUP BY 1, 2;
+    CREATE FUNCTION generations_spend() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND OLD.principal = NEW.principal AND OLD.created_at = NEW.created_at
+                AND {_COUNTED.format("OLD.")} = {_COUNTED.format("NEW.")} THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'INSERT' AND {_COUNTED.format("OLD.")} > 0 THEN
+            UPDATE spend_minutes SET usd = usd - {_COUNTED.format("OLD.")}
+                WHERE principal = OLD.principal AND minute = {_MINUTE.format("OLD.created_at")};
+        END IF;
+        IF TG_OP <> 'DELETE' AND {_COUNTED.format("NEW.")} > 0 THEN
+            INSERT INTO spend_minutes (principal, minute, usd)
+                VALUES (NEW.principal, {_MINUTE.format("NEW.created_at")}, {_COUNTED.format("NEW.")})
+                ON CONFLICT (principal, minute) DO UPDATE SET usd = spend_minutes.usd + excluded.usd;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER generations_spend AFTER INSERT OR DELETE OR UPDATE OF principal, created_at, cost_usd, reserved_usd
+        ON generations FOR EACH ROW EXECUTE FUNCTION generations_spend();
+    """,
 ]
 
 _COLUMNS = (
@@ -120,9 +163,15 @@ _SQL_SPEND = "SELECT coalesce(sum(cost_usd), 0) FROM generations WHERE principal
 # created_at > now - window, so a row stops counting at exactly created_at + window (Reservation.frees_at). Every
 # reserve of one principal, on any replica, takes _SQL_SPEND_LOCK first: one reads and holds at a time.
 _SQL_SPEND_LOCK = "SELECT pg_advisory_xact_lock(hashtext('spend ' || $1))"
-_SQL_OWNER = "SELECT principal FROM generations WHERE id = $1"
-_SQL_WINDOW_SPENDING = """SELECT created_at, coalesce(cost_usd, reserved_usd) AS usd FROM generations
-    WHERE principal = $1 AND created_at > $2 AND id <> $3 AND coalesce(cost_usd, reserved_usd) > 0
+# The spend is the minutes after the window's first, whole, plus the rows of that first minute created after its
+# start; less the row being reserved (its own minute counts it). frees_at walks the same, oldest first.
+_SQL_OWNER = f"SELECT principal, {_MINUTE.format('created_at')}, {_COUNTED.format('')} FROM generations WHERE id = $1"
+_SQL_MINUTES_TOTAL = "SELECT coalesce(sum(usd), 0) FROM spend_minutes WHERE principal = $1 AND minute > $2"
+_SQL_MINUTES = "SELECT minute, usd FROM spend_minutes WHERE principal = $1 AND minute > $2 ORDER BY minute"
+# The rows of one minute after a time (the bounds let the (principal, created_at) index find them).
+_SQL_MINUTE_ROWS = f"""SELECT created_at, {_COUNTED.format("")} FROM generations
+    WHERE principal = $1 AND created_at > $2 AND created_at < $3 AND {_MINUTE.format("created_at")} = $4
+        AND id <> $5 AND {_COUNTED.format("")} > 0
     ORDER BY created_at"""
 _SQL_RESERVE = "UPDATE generations SET estimate_usd = $2, reserved_usd = $2, updated_at = $3 WHERE id = $1"
 _SQL_SETTLE = (
@@ -287,19 +336,39 @@ class PostgresLedger:
         async with self._transaction() as conn:
             await conn.execute(_SQL_SPEND_LOCK, principal)
             # Read committed: each statement after the lock sees what earlier holders of the lock committed.
-            owner = await conn.fetchval(_SQL_OWNER, row_id)
-            if owner != principal:
+            owner = await conn.fetchrow(_SQL_OWNER, row_id)
+            if owner is None or owner[0] != principal:
                 raise LedgerError(f"no generation {row_id!r} of this principal in the ledger")
-            spending = await conn.fetch(_SQL_WINDOW_SPENDING, principal, now - window_seconds, row_id)
+            since = now - window_seconds
+            first = minute_of(since)
+            own = owner[2] if owner[1] > first else 0.0
+
+            async def rows_of(minute: int, after: float) -> list[tuple[float, float]]:
+                bounds = (principal, after, (minute + 1) * SPEND_MINUTE_S + 1, minute, row_id)
+                return [(record[0], record[1]) for record in await conn.fetch(_SQL_MINUTE_ROWS, *bounds)]
+
+            edge = await rows_of(first, since)
+            whole = await conn.fetchval(_SQL_MINUTES_TOTAL, principal, first)
             reservation = decide_reservation(
                 amount=amount,
-                spending=[(record[0], record[1]) for record in spending],
+                spent=max(sum(usd for _, usd in edge) + whole - own, 0.0),
                 daily_budget=daily_budget,
                 per_call_cap=per_call_cap,
-                window_seconds=window_seconds,
             )
             if reservation.ok:
                 await conn.execute(_SQL_RESERVE, row_id, amount, now)
+            elif (need := need_to_age_out(reservation)) is not None:
+                minutes = [
+                    (record[0], record[1] - (own if record[0] == owner[1] else 0.0))
+                    for record in await conn.fetch(_SQL_MINUTES, principal, first)
+                ]
+                found = leaving(edge, minutes, need)
+                if isinstance(found, tuple):
+                    minute, before = found
+                    rows = await rows_of(minute, (minute - 1) * SPEND_MINUTE_S)
+                    found = leaving_in_minute(rows, need - before, minute)
+                if found is not None:
+                    reservation = reservation.model_copy(update={"frees_at": found + window_seconds})
             return reservation
 
     async def settle(self, row_id: str, *, actual_usd: float | None, now: float) -> LedgerRow:

@@ -14,21 +14,27 @@ the API is called, atomically with reading what the principal has spent, so conc
 database) cannot together pass a budget. What counts as spent, per row created in the window: ``cost_usd`` once
 known, else ``reserved_usd``. The hold then ends one of three ways: ``settle`` (the actual cost replaces it),
 ``release`` (the task failed: nothing was spent), or not at all (a submission in state ``unknown`` may have been
-paid for, so its reservation keeps counting until it ages out of the window).
+paid for, so its reservation keeps counting until it ages out of the window). A negative amount counts as 0.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 LedgerState = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"submitting", "submitted", "running"})
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SPEND_WINDOW_S = 86_400.0  # a daily budget's window
+# The backends keep each principal's spend summed by the minute (the minute of created_at, kept in step with the
+# rows by triggers), so a budget check adds up at most a day of minutes and the rows of the window's first, partial
+# minute, however long the history.
+SPEND_MINUTE_S = 60
 REPORT_MONTH_S = 30 * 86_400.0  # spend_report's longer window (the shorter is SPEND_WINDOW_S)
 # Sums of float prices are inexact (ten $0.03 make $0.30000000000000004): a budget is passed by more than this.
 BUDGET_TOLERANCE_USD = 1e-9
@@ -96,32 +102,63 @@ class Reservation(BaseModel):
 
 
 def decide_reservation(
-    *,
-    amount: float,
-    spending: list[tuple[float, float]],
-    daily_budget: float | None,
-    per_call_cap: float | None,
-    window_seconds: float,
+    *, amount: float, spent: float, daily_budget: float | None, per_call_cap: float | None
 ) -> Reservation:
-    """What ``reserve`` answers, given ``spending``: the (created_at, usd) of the principal's rows in the window,
-    oldest first. The backends run it inside their atomic section, between reading the spend and holding it."""
-    spent = sum(usd for _, usd in spending)
+    """What ``reserve`` answers, given ``spent``: the principal's spend in the window. The backends run it inside
+    their atomic section, between reading the spend and holding it; on a refusal by the budget they then work out
+    ``frees_at`` (``need_to_age_out`` says how much must leave the window, ``crossing`` where that happens)."""
     if per_call_cap is not None and amount > per_call_cap + BUDGET_TOLERANCE_USD:
         return Reservation(ok=False, spent_usd=spent, amount=amount, limit_name="per_call", limit_usd=per_call_cap)
     if daily_budget is None or spent + amount <= daily_budget + BUDGET_TOLERANCE_USD:
         return Reservation(ok=True, spent_usd=spent, amount=amount)
-    frees_at = None
-    if amount <= daily_budget + BUDGET_TOLERANCE_USD:
-        # A row leaves the window window_seconds after it was created; the oldest leave first.
-        excess, aged_out = spent + amount - daily_budget, 0.0
-        for created_at, usd in spending:
-            aged_out += usd
-            if aged_out >= excess - BUDGET_TOLERANCE_USD:
-                frees_at = created_at + window_seconds
-                break
-    return Reservation(
-        ok=False, spent_usd=spent, amount=amount, limit_name="daily", limit_usd=daily_budget, frees_at=frees_at
-    )
+    return Reservation(ok=False, spent_usd=spent, amount=amount, limit_name="daily", limit_usd=daily_budget)
+
+
+def need_to_age_out(reservation: Reservation) -> float | None:
+    """How much of the window's spend must leave it before a refused amount fits the budget; None when waiting
+    never helps (not refused by the budget, or the amount alone is above it)."""
+    budget = reservation.limit_usd
+    if reservation.limit_name != "daily" or budget is None or reservation.amount > budget + BUDGET_TOLERANCE_USD:
+        return None
+    return reservation.spent_usd + reservation.amount - budget
+
+
+def minute_of(moment: float) -> int:
+    """The minute spend_minutes files ``moment`` under: the same division as the backends' SQL."""
+    return math.floor(moment / SPEND_MINUTE_S)
+
+
+def leaving(
+    first: Sequence[tuple[float, float]], minutes: Sequence[tuple[int, float]], need: float
+) -> float | tuple[int, float] | None:
+    """Which spend must leave the window for ``need`` USD to have left: the created_at of a row of the window's
+    first minute (``first``: (created_at, usd) oldest first), else (the minute after it whose rows to walk with
+    ``leaving_in_minute``, the USD that left before that minute); None if all of it is not enough."""
+    found = crossing([*first, *minutes], need)
+    if found is None:
+        return None
+    index, before = found
+    return first[index][0] if index < len(first) else (minutes[index - len(first)][0], before)
+
+
+def leaving_in_minute(rows: Sequence[tuple[float, float]], need: float, minute: int) -> float:
+    """The created_at of the row of ``minute`` at which ``need`` USD of its rows has left; sums kept by the minute
+    may differ from the rows' own in the last bits, and then the whole minute must leave."""
+    found = crossing(rows, need)
+    if found is not None:
+        return rows[found[0]][0]
+    return rows[-1][0] if rows else float((minute + 1) * SPEND_MINUTE_S)
+
+
+def crossing(spending: Sequence[tuple[float, float]], need: float) -> tuple[int, float] | None:
+    """Of (key, usd) pairs oldest first, the index of the one at which their running sum reaches ``need``, and the
+    sum before it; None if it never does."""
+    total = 0.0
+    for index, (_, usd) in enumerate(spending):
+        if total + usd >= need - BUDGET_TOLERANCE_USD:
+            return index, total
+        total += usd
+    return None
 
 
 def build_spend_report(by_model: list[tuple[str, int, float, float]]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import anyio.to_thread
 
 from ._records import (
     REPORT_MONTH_S,
+    SPEND_MINUTE_S,
     SPEND_WINDOW_S,
     Changes,
     LedgerError,
@@ -36,6 +37,10 @@ from ._records import (
     Reservation,
     build_spend_report,
     decide_reservation,
+    leaving,
+    leaving_in_minute,
+    minute_of,
+    need_to_age_out,
 )
 
 T = TypeVar("T")
@@ -45,6 +50,18 @@ READERS = 4  # read connections (and threads) per store
 MAX_SEARCH_WORDS = 16  # a longer search keeps its first words: enough to find anything, bounded cost
 MIN_PREFIX = 2  # a last word this long also matches as a prefix; "s*" would merge the lists of every word in s
 FEW_MATCHES = 1000  # up to this many matches, history sorts them all rather than walk a time index
+
+# What a row counts against a budget ({} is "", "old." or "new."), and the minute of a time, as spend_minutes keeps
+# it. reserve computes the window's first minute with the same division (minute_of), so a row is never in two.
+_COUNTED = "max(coalesce({0}cost_usd, {0}reserved_usd), 0)"
+_MINUTE = f"CAST({{}} / {SPEND_MINUTE_S} AS INTEGER)"
+_ADD_SPEND = f"""INSERT INTO spend_minutes (principal, minute, usd)
+                SELECT new.principal, {_MINUTE.format("new.created_at")}, {_COUNTED.format("new.")}
+                WHERE {_COUNTED.format("new.")} > 0
+                ON CONFLICT (principal, minute) DO UPDATE SET usd = usd + excluded.usd;"""
+_TAKE_SPEND = f"""UPDATE spend_minutes SET usd = usd - {_COUNTED.format("old.")}
+                WHERE {_COUNTED.format("old.")} > 0
+                    AND principal = old.principal AND minute = {_MINUTE.format("old.created_at")};"""
 
 # Migration N (list index N-1) moves the schema from version N-1 to N, so len(_MIGRATIONS) == SCHEMA_VERSION and
 # version 2 is one more entry. Statements, not scripts: executescript() commits the open transaction first, and a
@@ -104,6 +121,34 @@ _MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE generations ADD COLUMN estimate_usd REAL",
         "ALTER TABLE generations ADD COLUMN reserved_usd REAL NOT NULL DEFAULT 0",
     ),
+    # 3: each principal's spend by the minute of created_at (SPEND_MINUTE_S), so that a budget check sums a day of
+    # minutes instead of reading a day of rows. A row counts max(coalesce(cost_usd, reserved_usd), 0); the triggers
+    # keep the sums in step with every change to it, and the existing rows are summed in.
+    (
+        """CREATE TABLE spend_minutes (
+            principal TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            usd REAL NOT NULL,
+            PRIMARY KEY (principal, minute)
+        ) WITHOUT ROWID""",
+        f"""INSERT INTO spend_minutes (principal, minute, usd)
+            SELECT principal, {_MINUTE.format("created_at")}, sum({_COUNTED.format("")}) FROM generations
+            WHERE {_COUNTED.format("")} > 0 GROUP BY 1, 2""",
+        f"""CREATE TRIGGER generations_spend_insert AFTER INSERT ON generations BEGIN
+            {_ADD_SPEND}
+        END""",
+        f"""CREATE TRIGGER generations_spend_update AFTER UPDATE OF principal, created_at, cost_usd, reserved_usd
+            ON generations
+            WHEN old.principal IS NOT new.principal OR old.created_at IS NOT new.created_at
+                OR {_COUNTED.format("old.")} IS NOT {_COUNTED.format("new.")}
+        BEGIN
+            {_TAKE_SPEND}
+            {_ADD_SPEND}
+        END""",
+        f"""CREATE TRIGGER generations_spend_delete AFTER DELETE ON generations BEGIN
+            {_TAKE_SPEND}
+        END""",
+    ),
 ]
 
 _COLUMNS = (
@@ -140,9 +185,15 @@ _SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = ? WHERE st
 _SQL_SPEND = "SELECT total(cost_usd) FROM generations WHERE principal = ? AND created_at >= ?"
 # Spend control: what a row has spent is its cost once known, else the money it holds. The window is
 # created_at > now - window, so a row stops counting at exactly created_at + window (Reservation.frees_at).
-_SQL_OWNER = "SELECT principal FROM generations WHERE id = ?"
-_SQL_WINDOW_SPENDING = """SELECT created_at, coalesce(cost_usd, reserved_usd) AS usd FROM generations
-    WHERE principal = ? AND created_at > ? AND id <> ? AND coalesce(cost_usd, reserved_usd) > 0
+# The spend is the minutes after the window's first, whole, plus the rows of that first minute created after its
+# start; less the row being reserved (its own minute counts it). frees_at walks the same, oldest first.
+_SQL_OWNER = f"SELECT principal, {_MINUTE.format('created_at')}, {_COUNTED.format('')} FROM generations WHERE id = ?"
+_SQL_MINUTES_TOTAL = "SELECT total(usd) FROM spend_minutes WHERE principal = ? AND minute > ?"
+_SQL_MINUTES = "SELECT minute, usd FROM spend_minutes WHERE principal = ? AND minute > ? ORDER BY minute"
+# The rows of one minute after a time (the bounds let the (principal, created_at) index find them).
+_SQL_MINUTE_ROWS = f"""SELECT created_at, {_COUNTED.format("")} FROM generations
+    WHERE principal = ? AND created_at > ? AND created_at < ? AND {_MINUTE.format("created_at")} = ? AND id <> ?
+        AND {_COUNTED.format("")} > 0
     ORDER BY created_at"""
 _SQL_RESERVE = "UPDATE generations SET estimate_usd = ?, reserved_usd = ?, updated_at = ? WHERE id = ?"
 _SQL_SETTLE = """UPDATE generations SET cost_usd = ?, reserved_usd = 0, updated_at = ? WHERE id = ?"""
@@ -315,20 +366,42 @@ class SQLiteLedger:
         now: float,
     ) -> Reservation:
         # Inside the BEGIN IMMEDIATE of _write: no other writer, in any process, between the read and the hold.
+        # A few indexed reads of at most a day of minutes and one minute of rows, so cheap enough for _write to run
+        # inline on the event loop.
         def run(conn: sqlite3.Connection) -> Reservation:
             owner = conn.execute(_SQL_OWNER, (row_id,)).fetchone()
             if owner is None or owner[0] != principal:
                 raise LedgerError(f"no generation {row_id!r} of this principal in the ledger")
-            spending = conn.execute(_SQL_WINDOW_SPENDING, (principal, now - window_seconds, row_id)).fetchall()
+            since = now - window_seconds
+            first = minute_of(since)
+            own = owner[2] if owner[1] > first else 0.0
+
+            def rows_of(minute: int, after: float) -> list[tuple[float, float]]:
+                bounds = (principal, after, (minute + 1) * SPEND_MINUTE_S + 1, minute, row_id)
+                return [(at, usd) for at, usd in conn.execute(_SQL_MINUTE_ROWS, bounds)]
+
+            edge = rows_of(first, since)
+            whole = conn.execute(_SQL_MINUTES_TOTAL, (principal, first)).fetchone()[0]
             reservation = decide_reservation(
                 amount=amount,
-                spending=[(created_at, usd) for created_at, usd in spending],
+                spent=max(sum(usd for _, usd in edge) + whole - own, 0.0),
                 daily_budget=daily_budget,
                 per_call_cap=per_call_cap,
-                window_seconds=window_seconds,
             )
             if reservation.ok:
                 conn.execute(_SQL_RESERVE, (amount, amount, now, row_id))
+            elif (need := need_to_age_out(reservation)) is not None:
+                minutes = [
+                    (minute, usd - (own if minute == owner[1] else 0.0))
+                    for minute, usd in conn.execute(_SQL_MINUTES, (principal, first))
+                ]
+                found = leaving(edge, minutes, need)
+                if isinstance(found, tuple):
+                    minute, before = found
+                    rows = rows_of(minute, (minute - 1) * SPEND_MINUTE_S)
+                    found = leaving_in_minute(rows, need - before, minute)
+                if found is not None:
+                    reservation = reservation.model_copy(update={"frees_at": found + window_seconds})
             return reservation
 
         return await self._write(run)
