@@ -4,6 +4,10 @@ Memory stays bounded whatever an image host sends. A download streams into a fil
 temporary one that keeps small images in memory), at most ``max_downloads`` at once in the process. Only PNG, JPEG,
 WebP and GIF are decoded, each by its own Pillow plugin alone; a picture declaring more than ``max_pixels`` is
 refused before any pixel is decoded, JPEGs are decoded reduced, and at most ``max_decodes`` run at once.
+
+A call waits for delivery only as long as its caller was promised. Entered as an async context (the server's
+lifespan), a ``Delivery`` keeps saving what a call could not wait for in a task group of its own, reports each file
+saved late, and on leaving gives those saves ``shutdown_grace`` seconds before cancelling them.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import re
 import secrets
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Literal, Self
 
 import anyio
 import httpx2
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("qolaba_mcp.delivery")
 
 PreviewMode = Literal["on", "off", "full"]
+# (index, path): an image saved after the call that asked for it returned
+SavedFn = Callable[[int, str], Awaitable[None]]
 PREVIEW_LONG_SIDE = 512
 MAX_PIXELS = 40_000_000
 SPOOL_BYTES = 256 * 1024  # a download waiting for its preview stays in memory up to this size, on disk beyond
@@ -118,6 +126,8 @@ class Delivery:
         allow_private: bool = False,
         fetch_timeout: float = 30.0,
         deliver_timeout: float = 40.0,
+        min_deliver_seconds: float = 3.0,
+        shutdown_grace: float = 5.0,
         max_pixels: int = MAX_PIXELS,
         max_downloads: int = 16,
         max_decodes: int = 2,
@@ -134,11 +144,37 @@ class Delivery:
         self.allow_private = allow_private
         self.fetch_timeout = fetch_timeout
         self.deliver_timeout = deliver_timeout
+        self.min_deliver_seconds = min_deliver_seconds
+        self.shutdown_grace = shutdown_grace
         self.max_pixels = max_pixels
         self._downloads = anyio.CapacityLimiter(max_downloads)
         self._decodes = anyio.CapacityLimiter(max_decodes)
         # File work gets few threads too: every thread that touches image bytes grows a malloc arena of its own.
         self._files = anyio.CapacityLimiter(max_decodes)
+        self._background: anyio.abc.TaskGroup | None = None
+        self._saving: set[tuple[str, int]] = set()  # (task, index) being saved in the background
+        self._quiet = anyio.Event()  # set when the last background save ends
+
+    async def __aenter__(self) -> Self:
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._background = group
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        group, self._background = self._background, None
+        try:
+            if group is not None:
+                # Saves under way get a bounded grace, even when the server is leaving by cancellation.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_grace):
+                    while self._saving:
+                        await self._quiet.wait()
+                group.cancel_scope.cancel()
+                await group.__aexit__(None, None, None)
+        finally:
+            await self.aclose()
 
     @property
     def _http(self) -> httpx2.AsyncClient:
@@ -154,8 +190,9 @@ class Delivery:
         return self._own
 
     async def aclose(self) -> None:
-        if self._own is not None:
-            await self._own.aclose()
+        own, self._own = self._own, None
+        if own is not None:
+            await own.aclose()
 
     def trusts(self, url: str) -> bool:
         """Whether ``url`` is on an origin trusted as the API is (the API's own)."""
@@ -187,39 +224,137 @@ class Delivery:
             return data
         return await anyio.to_thread.run_sync(partial(as_png, data, max_pixels=self.max_pixels), limiter=self._decodes)
 
-    async def deliver(self, task_id: str | None, images: list[ImageOutput], *, save: bool) -> Delivered:
-        """Download each image once, then make previews and/or save files, as configured; never raises."""
+    async def deliver(
+        self,
+        task_id: str | None,
+        images: list[ImageOutput],
+        *,
+        save: bool,
+        deadline: float | None = None,
+        known: Sequence[str | None] = (),
+        on_saved: SavedFn | None = None,
+    ) -> Delivered:
+        """Download each image once, then make previews and/or save files, as configured; never raises.
+
+        ``deadline``: the seconds this call may wait (at least ``min_deliver_seconds``). Saves not done by then go
+        on in the background, when this Delivery is entered, and are reported to ``on_saved``; anything else left
+        is stopped. ``known``: files saved earlier, per image: previewed from disk instead of downloaded again.
+        """
         delivered = Delivered(saved=[None] * len(images))
-        if not images or (self.preview == "off" and not save):
+        if not images:
             return delivered
+        wait = self.deliver_timeout
+        if deadline is not None:
+            wait = min(max(deadline, self.min_deliver_seconds), self.deliver_timeout)
         budget = self.preview_max_bytes // len(images)
         name = task_id if task_id is not None else f"untitled-{secrets.token_hex(6)}"
+        background = self._background if save and task_id is not None else None
+        work = Delivered(saved=[None] * len(images))
         notes: list[list[str]] = [[] for _ in images]  # per image, so they read in image order
         finished: set[int] = set()
+        all_finished = anyio.Event()
+        late = False
         per_call = anyio.CapacityLimiter(PER_CALL)
+        scopes = [anyio.CancelScope() for _ in images]
 
         async def one(index: int, image: ImageOutput) -> None:
-            async with per_call:
-                try:
-                    # Only a preview wanted: the API's low-resolution copy, when it offers one, is a smaller download.
-                    small = image.preview_url if not save and self.preview == "on" else None
-                    url = small or image.url
-                    await self._deliver_one(index, url, name, budget, save, delivered, notes[index])
-                except Exception as exc:  # an input nobody foresaw costs one image, never the paid result
-                    log.exception("delivering image %d failed", index + 1)
-                    notes[index].append(f"image {index + 1}: not delivered ({type(exc).__name__})")
-            finished.add(index)
+            try:
+                with scopes[index], anyio.move_on_after(self.deliver_timeout) as bound:
+                    async with per_call:
+                        await self._deliver_any(index, image, name, budget, save, known, work, notes[index])
+                if bound.cancelled_caught:
+                    notes[index].append(f"image {index + 1}: not delivered within {self.deliver_timeout:g} s")
+            finally:
+                finished.add(index)
+                if len(finished) == len(images):
+                    all_finished.set()
+                saved_late = work.saved[index] if late else None
+            try:
+                if saved_late is not None:
+                    log.info("image %d of %s saved after its call returned: %s", index + 1, task_id, saved_late)
+                    if on_saved is not None:
+                        await on_saved(index, saved_late)
+            except Exception:  # a background task must never take the server's task group down
+                log.exception("recording image %d of %s as saved failed", index + 1, task_id)
+            finally:
+                if background is not None:
+                    self._saving.discard((name, index))
+                    if not self._saving:
+                        self._quiet.set()
 
-        with anyio.move_on_after(self.deliver_timeout):
-            async with anyio.create_task_group() as group:
-                for index, image in enumerate(images):
-                    group.start_soon(one, index, image)
-        for index in range(len(images)):
-            if index not in finished:
-                notes[index].append(f"image {index + 1}: not delivered within {self.deliver_timeout:g} s")
-        delivered.notes = [note for image_notes in notes for note in image_notes]
-        delivered.previews.sort(key=lambda preview: preview.index)
+        later = "get_task shows the path when saved" if on_saved else f"it will be in {self.output_dir}"
+        async with anyio.create_task_group() as local:
+            for index, image in enumerate(images):
+                if (name, index) in self._saving:  # an earlier call is saving it already
+                    notes[index].append(f"image {index + 1}: still saving in the background; {later}")
+                    finished.add(index)
+                    continue
+                if background is not None:
+                    if not self._saving:
+                        self._quiet = anyio.Event()
+                    self._saving.add((name, index))
+                (background or local).start_soon(one, index, image)
+            if len(finished) == len(images):
+                all_finished.set()
+            with anyio.move_on_after(wait):
+                await all_finished.wait()
+            late, in_time = True, set(finished)
+            for index in sorted(set(range(len(images))) - in_time):
+                if background is None:
+                    scopes[index].cancel()
+                    notes[index].append(f"image {index + 1}: not delivered within {round(wait, 1):g} s")
+                else:
+                    notes[index].append(f"image {index + 1}: still saving in the background; {later}")
+            delivered.saved = [path if index in in_time else None for index, path in enumerate(work.saved)]
+            delivered.previews = sorted(
+                (preview for preview in work.previews if preview.index in in_time), key=lambda p: p.index
+            )
+            delivered.notes = [note for image_notes in notes for note in image_notes]
         return delivered
+
+    async def _deliver_any(
+        self,
+        index: int,
+        image: ImageOutput,
+        name: str,
+        budget: int,
+        save: bool,
+        known: Sequence[str | None],
+        work: Delivered,
+        notes: list[str],
+    ) -> None:
+        """One image from its saved file when there is one, else downloaded; failures become its notes."""
+        try:
+            path = known[index] if index < len(known) else None
+            if path is not None and await anyio.to_thread.run_sync(os.path.isfile, path, limiter=self._files):
+                await self._from_file(index, path, budget, work, notes)
+                return
+            if not save and self.preview == "off":
+                return
+            # Only a preview wanted: the API's low-resolution copy, when it offers one, is a smaller download.
+            small = image.preview_url if not save and self.preview == "on" else None
+            await self._deliver_one(index, small or image.url, name, budget, save, work, notes)
+        except Exception as exc:  # an input nobody foresaw costs one image, never the paid result
+            log.exception("delivering image %d failed", index + 1)
+            notes.append(f"image {index + 1}: not delivered ({type(exc).__name__})")
+
+    async def _from_file(self, index: int, path: str, budget: int, delivered: Delivered, notes: list[str]) -> None:
+        """An image this server saved earlier: its path, and a preview made from the file."""
+        delivered.saved[index] = path
+        if self.preview == "off":
+            return
+
+        def preview() -> tuple[bytes, str]:
+            with open(path, "rb") as file:
+                kind = _fetch.sniff(file.read(16)) or ""
+                return make_preview(file, kind, budget, self.preview, max_pixels=self.max_pixels)
+
+        try:
+            delivered.previews.append(Preview(index, *await anyio.to_thread.run_sync(preview, limiter=self._decodes)))
+        except NoPreview as exc:
+            notes.append(f"image {index + 1}: {exc}")
+        except OSError as exc:
+            notes.append(f"image {index + 1}: its saved file could not be read ({exc.strerror or exc})")
 
     async def _deliver_one(
         self, index: int, url: str, task_id: str, budget: int, save: bool, delivered: Delivered, notes: list[str]

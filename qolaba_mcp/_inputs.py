@@ -7,7 +7,8 @@ ledger that says what it was made from, never the bytes:
 - ``http(s)://`` URLs pass through untouched;
 - earlier results: ``qolaba://images/<task_id>/<index>`` (the URI our resources use) or ``<task_id>#<index>``,
   looked up in the ledger (or the API) for the image's URL; past the API's retention, a copy this server saved;
-- ``data:`` URIs of PNG, JPEG, WebP or GIF pass through, size-capped and checked by their bytes;
+- ``data:`` URIs of PNG, JPEG, WebP or GIF are sent labelled with the type their header parses as (whatever the
+  label said), size-capped; base64 wrapped in lines (as the ``base64`` tool writes it) is accepted;
 - local files (absolute or ``~`` paths, ``file://`` URIs, Windows paths), on stdio only and only under the
   allowed roots (symlinks and ``..`` resolved first), size-capped before reading, sent as a ``data:`` URI.
 """
@@ -29,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from ._errors import QolabaError
-from ._fetch import sniff
+from ._imageinfo import NotAnImage, parse
 from ._models import GenerateRequest, is_safe_task_id
 
 # Qolaba keeps a task's results about four hours; after that its image URLs are assumed gone.
@@ -39,6 +40,7 @@ _TASK_REF = re.compile(r"^(?P<task>[^#\s]+)#(?P<index>\d{1,4})$")
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\[^\\]+\\)")
 _DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 _DEFAULT_FOLDERS = ("Desktop", "Documents", "Downloads", "Pictures")
+_NO_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
 class InputError(QolabaError):
@@ -144,15 +146,18 @@ class InputResolver:
         declared = (match["type"] or "").lower()
         if not declared.startswith("image/"):
             raise InputError(f"{field}: the data: URI holds {declared or 'no media type'}, not an image.")
-        payload = text[match.end() :]
-        if len(payload) > (self._max_bytes + 2) // 3 * 4 + 4:  # refused by its length, before decoding
+        payload = text[match.end() :].translate(_NO_WHITESPACE)  # line-wrapped base64 is still base64
+        if len(payload) > -(-self._max_bytes // 3) * 4:  # refused by its length, before decoding
             raise InputError(f"{field}: the data: URI holds more than {self._limit()}; send a smaller image.")
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InputError(f"{field}: the data: URI is not valid base64.") from exc
+        if len(data) > self._max_bytes:  # the last four characters may hold a byte or two too many
+            raise InputError(f"{field}: the data: URI holds more than {self._limit()}; send a smaller image.")
         kind = self._image_kind(field, data, "the data: URI")
-        return Resolved(text, f"data: URI, {kind}, {len(data)} bytes")
+        relabelled = f" (labelled {declared})" if declared != kind else ""
+        return Resolved(_as_data_uri(kind, data), f"data: URI, {kind}{relabelled}, {len(data)} bytes")
 
     async def _earlier(self, field: str, task_id: str, index: int) -> Resolved:
         if not is_safe_task_id(task_id):
@@ -238,10 +243,14 @@ class InputResolver:
         return data
 
     def _image_kind(self, field: str, data: bytes, what: str) -> str:
-        kind = sniff(data[:64])
-        if kind is None:
-            raise InputError(f"{field}: {what} is not a PNG, JPEG, WebP or GIF image.")
-        return kind
+        """The type the bytes' header parses as; refused, naming the field, when it does not parse."""
+        try:
+            return parse(data).mime
+        except NotAnImage as exc:
+            raise InputError(
+                f"{field}: {what} {exc.reason}. Send the image file itself as PNG, JPEG, WebP or GIF (re-export it "
+                "if it is damaged)."
+            ) from None
 
     def _limit(self) -> str:
         return f"{self._max_bytes / 1_048_576:g} MiB" if self._max_bytes >= 1_048_576 else f"{self._max_bytes} bytes"

@@ -155,29 +155,52 @@ class AppContext:
         return self.tracked or self.jobs
 
     async def finish(
-        self, generation: Generation, *, save: bool | None, wait_seconds: float, links: bool = True
+        self,
+        generation: Generation,
+        *,
+        save: bool | None,
+        wait_seconds: float,
+        links: bool = True,
+        started: float | None = None,
     ) -> CallToolResult:
         """Deliver a finished generation's images (previews, files) and shape the tool result.
 
         Delivery is a courtesy on top of a paid result: if it fails outright, the result still comes back, with
-        its task_id, every image URL and a note.
+        its task_id, every image URL and a note. It gets what is left of the call's wait (from ``started``, a
+        ``time.monotonic()``); files saved after that are recorded in the ledger, for get_task to show.
         """
         delivered: Delivered | None = None
+        row_id = getattr(generation, "row_id", None)
+        tracked = self.tracked if row_id is not None and generation.status == "SUCCESS" else None
         if generation.status == "SUCCESS" and generation.images:
             should_save = self.save_by_default if save is None else save
+            known = await tracked.saved_files(row_id) if tracked is not None and row_id is not None else []
+            on_saved = None
+            if tracked is not None and row_id is not None:
+
+                async def on_saved(index: int, path: str, tracked: TrackedJobs = tracked, row: str = row_id) -> None:
+                    await tracked.add_saved(row, [None] * index + [path])
+
+            deadline = None if started is None else started + wait_seconds - time.monotonic()
             try:
-                delivered = await self.delivery.deliver(generation.task_id, generation.images, save=should_save)
+                delivered = await self.delivery.deliver(
+                    generation.task_id,
+                    generation.images,
+                    save=should_save,
+                    deadline=deadline,
+                    known=known,
+                    on_saved=on_saved,
+                )
             except Exception as exc:
                 log.exception("delivering the images of %s failed", generation.task_id)
                 delivered = Delivered(
                     notes=[f"no previews or saved files: delivery failed ({type(exc).__name__}); the URLs stand"]
                 )
         self.links.add(image.url for image in generation.images)
-        row_id = getattr(generation, "row_id", None)
-        if self.tracked is not None and row_id is not None and generation.status == "SUCCESS":
+        if tracked is not None and row_id is not None:
             if delivered is not None and any(delivered.saved):
-                await self.tracked.saved(row_id, delivered.saved)
-            await self.tracked.delivered(row_id)
+                delivered.saved = await tracked.add_saved(row_id, delivered.saved)
+            await tracked.delivered(row_id)
         return generation_result(
             generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds, links=links
         )
@@ -378,18 +401,19 @@ def build_server(
                 if expired:
                     log.warning("%d generation(s) were left submitting by a stopped server: now 'unknown'", expired)
             try:
-                yield AppContext(
-                    settings=settings,
-                    jobs=jobs,
-                    tracked=tracked,
-                    delivery=delivery,
-                    catalog=catalog,
-                    prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
-                    save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
-                    local_inputs=transport == "stdio",
-                    input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
-                    catalog_warning=warning,
-                )
+                async with delivery:  # saves a call could not wait for go on here until shutdown (with a grace)
+                    yield AppContext(
+                        settings=settings,
+                        jobs=jobs,
+                        tracked=tracked,
+                        delivery=delivery,
+                        catalog=catalog,
+                        prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
+                        save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
+                        local_inputs=transport == "stdio",
+                        input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
+                        catalog_warning=warning,
+                    )
             finally:
                 await delivery.aclose()
                 if ledger is not None:
@@ -472,6 +496,7 @@ def _generate_image_tool(settings: Settings) -> Tool:
     wait = _wait_seconds(settings, 40)
 
     async def generate_image(ctx: Context[AppContext], **arguments: Any) -> CallToolResult:
+        started = time.monotonic()
         app = _app(ctx)
         approval = arguments.pop("approval")
         max_cost = arguments.pop("max_cost_usd", None)
@@ -493,7 +518,9 @@ def _generate_image_tool(settings: Settings) -> Tool:
             return generation.model_copy(update={"estimate_usd": priced.estimate_usd})
 
         generation = await _run(ctx, start, model=request.model, data_uris=has_data_uri(request))
-        return await app.finish(generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx))
+        return await app.finish(
+            generation, save=save, wait_seconds=wait_seconds, links=_links_allowed(ctx), started=started
+        )
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}
     fields = {**request_fields, "max_cost_usd": _MAX_COST, "mode": _MODE, "wait_seconds": wait, "save": _SAVE}
@@ -640,6 +667,7 @@ def _get_task_tool(settings: Settings) -> Tool:
     async def get_task(
         ctx: Context[AppContext], task_id: str, wait_seconds: float | None = None, save: bool | None = None
     ) -> CallToolResult:
+        started = time.monotonic()
         app = _app(ctx)
         wait_for = float(_given(wait_seconds, wait.default))
         generation = await _run(
@@ -647,7 +675,9 @@ def _get_task_tool(settings: Settings) -> Tool:
             lambda report, key: app.runner.get_task(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
             task_id=task_id,
         )
-        return await app.finish(generation, save=save, wait_seconds=wait_for, links=_links_allowed(ctx))
+        return await app.finish(
+            generation, save=save, wait_seconds=wait_for, links=_links_allowed(ctx), started=started
+        )
 
     _set_signature(
         get_task,

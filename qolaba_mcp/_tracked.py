@@ -88,6 +88,7 @@ class TrackedJobs:
         self._api_key = api_key
         self._window = join_window
         self._grace = submitting_grace
+        self._saving = anyio.Lock()  # saved paths are read, merged and written back one at a time
 
     def principal(self, api_key: SecretStr | None) -> str:
         """Who asks: a hash of the key in use (the caller's own, or the server's)."""
@@ -281,6 +282,26 @@ class TrackedJobs:
     async def saved(self, row_id: str, paths: list[str | None]) -> None:
         with anyio.CancelScope(shield=True):
             await self._record(row_id, Changes(saved_files=paths))
+
+    async def saved_files(self, row_id: str) -> list[str | None]:
+        """The files recorded as saved for a generation's images (none when the ledger cannot be read)."""
+        try:
+            row = await self.ledger.get(row_id)
+        except LedgerError:
+            log.exception("the ledger could not be read for %s", row_id)
+            return []
+        return list(row.saved_files) if row is not None else []
+
+    async def add_saved(self, row_id: str, paths: list[str | None]) -> list[str | None]:
+        """Record the files saved for some images, keeping those recorded before for the others; all of them."""
+        with anyio.CancelScope(shield=True):
+            async with self._saving:
+                merged = await self.saved_files(row_id)
+                merged += [None] * (len(paths) - len(merged))
+                for index, path in enumerate(paths):
+                    merged[index] = path or merged[index]
+                await self.saved(row_id, merged)
+        return merged
 
     async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
         return await self.ledger.history(query)

@@ -193,3 +193,74 @@ def test_file_uris_name_local_paths_windows_ones_too() -> None:
     assert _file_uri_path("image_urls[0]", "file:///home/me/My%20Pictures/a.png") == "/home/me/My Pictures/a.png"
     assert _file_uri_path("image_urls[0]", "file://localhost/tmp/a.png") == "/tmp/a.png"
     assert _file_uri_path("image_urls[0]", "file:///C:/Users/me/a.png") == r"C:\Users\me\a.png"
+
+
+def wrapped(data: bytes, width: int = 76) -> str:
+    """Base64 as the ``base64`` tool writes it: lines of 76 characters, CRLF here and there."""
+    text = base64.b64encode(data).decode()
+    lines = [text[i : i + width] for i in range(0, len(text), width)]
+    return "\n".join(lines[:2]) + "\r\n" + "\n".join(lines[2:]) + "\n"
+
+
+def encoded(fmt: str, mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (40, 30)).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("label", "data", "sent_as"),
+    [
+        pytest.param("image/svg+xml", png(), "image/png", id="svg-label-png-bytes"),
+        pytest.param("image/png", encoded("JPEG"), "image/jpeg", id="png-label-jpeg-bytes"),
+        pytest.param("image/jpeg", encoded("WEBP"), "image/webp", id="jpeg-label-webp-bytes"),
+        pytest.param("image/webp", encoded("GIF", "P"), "image/gif", id="webp-label-gif-bytes"),
+        pytest.param("IMAGE/PNG", png(), "image/png", id="upper-case-label"),
+    ],
+)
+async def test_data_uris_are_sent_with_the_type_their_bytes_parse_as(
+    root: Path, label: str, data: bytes, sent_as: str
+) -> None:
+    resolved = await resolver(root).resolve("image_urls[0]", data_uri(data, label))
+    assert resolved.value == data_uri(data, sent_as)
+    relabelled = f" (labelled {label.lower()})" if label.lower() != sent_as else ""
+    assert resolved.record == f"data: URI, {sent_as}{relabelled}, {len(data)} bytes"
+
+
+async def test_base64_wrapped_in_lines_is_accepted_and_capped_by_its_bytes(root: Path) -> None:
+    image = png((64, 64), "green")
+    resolved = await resolver(root).resolve("image_urls[0]", f"data:image/png;base64,{wrapped(image)}")
+    assert resolved.value == data_uri(image)
+    # whitespace does not count against the cap; the decoded bytes do, exactly
+    await resolver(root, max_bytes=len(image)).resolve("image_urls[0]", f"data:image/png;base64,{wrapped(image)}")
+    await refused(
+        resolver(root, max_bytes=len(image) - 1), f"data:image/png;base64,{wrapped(image)}", "more than", "smaller"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "problems"),
+    [
+        pytest.param(
+            b"\x89PNG\r\n\x1a\n" + b"<!doctype html><html><body>hi</body></html>", ["no valid IHDR"], id="png-html"
+        ),
+        pytest.param(png()[:20], ["cut short before its IHDR"], id="png-truncated-ihdr"),
+        pytest.param(png()[:29] + b"\x00\x00\x00\x00" + png()[33:], ["CRC mismatch"], id="png-bad-crc"),
+        pytest.param(b"\xff\xd8\xff\xe0<html>", ["JPEG signature"], id="jpeg-html"),
+        pytest.param(b"GIF89a", ["GIF signature", "cut short"], id="gif-truncated"),
+    ],
+)
+async def test_bytes_that_do_not_parse_are_refused_naming_the_field_problem_and_fix(
+    root: Path, data: bytes, problems: list[str]
+) -> None:
+    fix = "Send the image file itself as PNG, JPEG, WebP or GIF"
+    await refused(resolver(root), data_uri(data), "the data: URI", *problems, fix)
+    (root / "broken.png").write_bytes(data)
+    await refused(resolver(root), str(root / "broken.png"), "broken.png", *problems, fix)
+
+
+async def test_a_local_file_is_sent_with_the_type_it_parses_as(root: Path) -> None:
+    jpeg = encoded("JPEG")
+    (root / "photo.png").write_bytes(jpeg)  # a JPEG whose name says PNG
+    resolved = await resolver(root).resolve("image_urls[0]", str(root / "photo.png"))
+    assert resolved.value == data_uri(jpeg, "image/jpeg")

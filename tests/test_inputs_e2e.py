@@ -6,6 +6,7 @@ its outputs are checked by pixels (a cut-out is transparent where the background
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -230,3 +231,26 @@ def test_an_api_refusal_of_data_uris_says_to_use_a_public_url() -> None:
     with_data = explain(refusal, Catalog.builtin(), model="fal/birefnet", data_uris=True)
     without = explain(refusal, Catalog.builtin(), model="fal/birefnet", data_uris=False)
     assert "public https URL" in with_data and "public https URL" not in without
+
+
+async def test_data_uris_reach_the_api_with_their_real_type_and_broken_ones_do_not(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    image = disc_on_white(tmp_path / "disc.png", size=64)
+    encoded = base64.b64encode(image).decode()
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))  # as the base64 tool writes it
+    html = base64.b64encode(b"\x89PNG\r\n\x1a\n<!doctype html><html><body>hi</body></html>").decode()
+    async with stdio(sandbox) as client:
+        sent = await client.call_tool(
+            "generate_image", {"model": "fal/birefnet", "image_urls": [f"data:image/svg+xml;base64,{wrapped}"]}
+        )
+        before = submissions(sandbox)
+        refused = await client.call_tool(
+            "generate_image", {"model": "fal/birefnet", "image_urls": [f"data:image/png;base64,{html}"]}
+        )
+    assert not sent.is_error, text(sent)
+    assert sent_to_api(sandbox, data(sent)["task_id"]).image_urls == [f"data:image/png;base64,{encoded}"]
+    said = text(refused)
+    assert refused.is_error and "image_urls[0]: the data: URI has a PNG signature" in said, said
+    assert "Send the image file itself" in said and said.endswith("Nothing was submitted.")
+    assert submissions(sandbox) == before

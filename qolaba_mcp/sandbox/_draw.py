@@ -28,11 +28,10 @@ import random
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
-from .._fetch import sniff
+from .._imageinfo import NotAnImage, parse
 
 MAX_PIXELS = 40_000_000
 _FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
-_ACCEPTED = "PNG, JPEG, WebP or GIF"
 _BACKGROUND_TOLERANCE = 48  # how far (largest channel difference) a pixel may be from the border colour
 _PANEL_DARKEN = 0.55  # the caption panel keeps 45% of what is under it, so white text reads on any picture
 _MAX_PROMPT_LINES = 3
@@ -53,7 +52,7 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
     """The bytes of a ``data:image/...;base64,...`` URI holding a PNG, JPEG, WebP or GIF of at most ``max_bytes``.
 
     The size is judged first on the encoded length, before anything is decoded, then exactly; the type on the
-    bytes' signature, so a declared ``image/png`` holding anything else is refused.
+    bytes' parsed header, so a declared ``image/png`` holding anything else is refused.
     """
     if uri[:5].lower() != "data:":
         raise InputImageError(f"not a data URI: it must start with 'data:image/...;base64,' (got {uri[:30]!r})")
@@ -74,10 +73,10 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
         raise InputImageError("the data URI's data is not valid base64") from None
     if len(data) > max_bytes:  # the last group of four characters may hold one or two bytes too many
         raise InputImageError(_too_large(len(data), max_bytes))
-    if sniff(data[:16]) is None:
-        raise InputImageError(
-            f"the data is not a {_ACCEPTED} image (declared {media_type}, but the bytes' signature is none of these)"
-        )
+    try:
+        parse(data)
+    except NotAnImage as exc:
+        raise InputImageError(f"the data (declared {media_type}) {exc.reason}") from None
     return data
 
 
@@ -90,10 +89,10 @@ def load_image(data: bytes) -> Image.Image:
     # Importing the four plugins and naming the format means Pillow never offers the bytes to another plugin.
     from PIL import GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
-    kind = sniff(data[:16])
-    if kind is None:
-        raise InputImageError(f"the data is not a {_ACCEPTED} image")
-    name = _FORMATS[kind]
+    try:
+        name = _FORMATS[parse(data).mime]
+    except NotAnImage as exc:
+        raise InputImageError(f"the data {exc.reason}") from None
     try:
         picture = Image.open(io.BytesIO(data), formats=[name])
     except Image.DecompressionBombError:  # Pillow's own, larger limit, checked while reading the header
