@@ -244,13 +244,13 @@ for row in "${ROWS[@]}"; do
 done
 wait
 
-say "$(printf '%-14s %-42s %5s  %s' client version time result)"
+say "$(printf '%-20s %-42s %5s  %s' client version time result)"
 failed=0
 for row in "${ROWS[@]}"; do
     IFS='|' read -r name _ <<<"$row"
     IFS=$'\t' read -r name version seconds result detail <"$STATE/results/$name"
     [ "$result" = FAIL ] && failed=1
-    say "$(printf '%-14s %-42s %5s  %s' "$name" "$version" "$seconds" "$result - $detail")"
+    say "$(printf '%-20s %-42s %5s  %s' "$name" "$version" "$seconds" "$result - $detail")"
 done
 say "total $(($(now) - started)) s (installs $((installed - started)) s); per-client logs in $LOGS/"
 if [ $failed = 1 ]; then
