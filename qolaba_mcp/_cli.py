@@ -286,6 +286,15 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # the ledger failing to open arrives wrapped in the server's task groups
+        if args.transport == "stdio" and _client_left(exc):
+            # The SDK's stdio writer fails on the closed pipe and takes the session down: nobody is left to answer,
+            # and a call under way has its ledger row (written before every step, even while cancelled).
+            logging.getLogger("qolaba_mcp").warning(
+                "the MCP client closed the connection (%s); exiting. A generation it left under way stays in the "
+                "ledger: get_task or list_generations answers it",
+                _leaf(exc),
+            )
+            return 0
         problem = _ledger_problem(exc)
         if problem is None:
             raise
@@ -295,6 +304,19 @@ def _serve(args: argparse.Namespace) -> int:
         if sandbox is not None:
             sandbox.stop()
     return 0
+
+
+def _client_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is only the stdio pipe to the client breaking (every leaf of its groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_left(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError | ConnectionResetError)
+
+
+def _leaf(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return type(exc).__name__
 
 
 def _ledger_problem(exc: BaseException) -> str | None:

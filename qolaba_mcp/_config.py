@@ -76,6 +76,11 @@ class Settings(BaseModel):
         description="Inline previews in results: on (JPEG/WebP, long side <= 512 px), off, or full "
         "(the original bytes when they fit the budget).",
     )
+    resource_links: Literal["on", "off"] = Field(
+        default="on",
+        description="resource_link blocks in results: on, or off (the image URLs in the text only, for clients "
+        "that fail on a resource_link); previews and text are the same either way.",
+    )
     preview_max_bytes: int = Field(
         default=100_000, ge=1_000, le=700_000, description="Byte budget shared by one result's previews."
     )

@@ -940,9 +940,10 @@ async def _read_image_link(url: str, ctx: Context[AppContext]) -> list[ReadResou
 
 
 def _links_allowed(ctx: Context[AppContext]) -> bool:
-    """Whether the client's protocol has resource_link content (from 2025-06-18 on; versions are dates)."""
+    """Whether results carry resource_link blocks: the operator allows them (QOLABA_RESOURCE_LINKS) and the
+    client's protocol has them (from 2025-06-18 on; versions are dates)."""
     version = ctx.protocol_version
-    return version is None or version >= "2025-06-18"
+    return _app(ctx).settings.resource_links == "on" and (version is None or version >= "2025-06-18")
 
 
 async def _task_for_resource(ctx: Context[AppContext], task_id: str) -> Generation:

@@ -45,6 +45,8 @@ log = logging.getLogger("qolaba_mcp.tracked")
 # A row still "submitting" this long after the longest a live submission can take belongs to a process that died
 # between sending and recording.
 SUBMITTING_GRACE = 5.0
+# A new generation identical to one delivered this recently gets a note: the caller may not know it pays again.
+REPEAT_NOTICE_SECONDS = 600.0
 _FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
 _UNKNOWN_NEXT = (
     "The submission was sent but its answer was never recorded (the server stopped or the connection broke), so "
@@ -81,6 +83,7 @@ class TrackedJobs:
         api_key: SecretStr | None,
         join_window: float,
         submitting_grace: float = SUBMITTING_GRACE,
+        repeat_notice: float = REPEAT_NOTICE_SECONDS,
     ) -> None:
         self.jobs = jobs
         self.ledger = ledger
@@ -89,6 +92,7 @@ class TrackedJobs:
         self._window = join_window
         self._grace = submitting_grace
         self._saving = anyio.Lock()  # saved paths are read, merged and written back one at a time
+        self._repeat_notice = repeat_notice
 
     def principal(self, api_key: SecretStr | None) -> str:
         """Who asks: a hash of the key in use (the caller's own, or the server's)."""
@@ -139,8 +143,32 @@ class TrackedJobs:
             return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
         if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
             await self._reserve(row, budget)  # money is held only where a budget counts it
+        repeat = await self._repeat_note(new)
         tracked = await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
-        return tracked.model_copy(update={"estimate_usd": budget.quote.estimate_usd if budget else None})
+        notes = tracked.notes if repeat is None else [repeat, *tracked.notes]
+        estimate = budget.quote.estimate_usd if budget else None
+        return tracked.model_copy(update={"estimate_usd": estimate, "notes": notes})
+
+    async def _repeat_note(self, new: NewGeneration) -> str | None:
+        """A note when an identical generation was delivered moments ago: a client that could not read that result
+        (or a model that lost it) calls again, and this call pays again."""
+        try:
+            earlier = await self.ledger.last_delivered(
+                principal=new.principal,
+                api_base=new.api_base,
+                request_hash=new.request_hash,
+                since=time.time() - self._repeat_notice,
+            )
+        except LedgerError:  # a courtesy: the generation goes on without it
+            log.warning("the ledger could not be read for an earlier identical generation", exc_info=True)
+            return None
+        if earlier is None or earlier.finished_at is None:
+            return None
+        when = time.strftime("%H:%M:%S", time.gmtime(earlier.finished_at))
+        return (
+            f"an identical image (task {earlier.task_id}, finished {when} UTC) was already delivered; this is a new "
+            "paid generation"
+        )
 
     async def _reserve(self, row: LedgerRow, budget: Budget) -> None:
         """Hold the estimate on the new row, or record the refusal and raise it: nothing is submitted then."""

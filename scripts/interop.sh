@@ -26,7 +26,7 @@ STATUS=$STATE/status
 JOBS=${INTEROP_JOBS:-3}
 CLIENT_TIMEOUT=${INTEROP_CLIENT_TIMEOUT:-240}
 read -r -a SERVER <<<"${INTEROP_SERVER:-$ROOT/.venv/bin/qolaba-mcp --sandbox}"
-PY_ENVS=(pydantic-ai pydantic-ai-1 langchain openai-agents fastmcp converters)
+PY_ENVS=(pydantic-ai pydantic-ai-1 langchain openai-agents fastmcp anthropic converters)
 export QOLABA_SAVE=off
 
 # uv: its cache lives with the environments; it uses the system's CA store as pip does, never downloads a Python,
@@ -187,6 +187,7 @@ ROWS=(
     "openai-agents|openai-agents $(pin openai-agents openai-agents)|openai-agents|$STATE/openai-agents/bin/python $HERE/openai_agents_client.py"
     "strict-fill|openai-agents $(pin openai-agents openai-agents), jsonschema $(pin openai-agents jsonschema)|openai-agents|$STATE/openai-agents/bin/python $HERE/strict_fill_client.py"
     "fastmcp|fastmcp $(pin fastmcp fastmcp)|fastmcp|$STATE/fastmcp/bin/python $HERE/fastmcp_client.py"
+    "anthropic-mcp-helper|anthropic $(pin anthropic anthropic)|anthropic|$STATE/anthropic/bin/python $HERE/anthropic_mcp_client.py"
     "google-genai|google-genai $(pin converters google-genai)|converters|$STATE/converters/bin/python $HERE/schema_converters.py google-genai"
     "json-schema|jsonschema $(pin converters jsonschema) (2020-12)|converters|$STATE/converters/bin/python $HERE/schema_converters.py json-schema"
     "mcp-apps-host|@modelcontextprotocol/ext-apps $(npm_pin @modelcontextprotocol/ext-apps)|apps-host|bash $HERE/apps_host_client.sh $STATE/apps-host"
@@ -243,13 +244,13 @@ for row in "${ROWS[@]}"; do
 done
 wait
 
-say "$(printf '%-14s %-42s %5s  %s' client version time result)"
+say "$(printf '%-20s %-42s %5s  %s' client version time result)"
 failed=0
 for row in "${ROWS[@]}"; do
     IFS='|' read -r name _ <<<"$row"
     IFS=$'\t' read -r name version seconds result detail <"$STATE/results/$name"
     [ "$result" = FAIL ] && failed=1
-    say "$(printf '%-14s %-42s %5s  %s' "$name" "$version" "$seconds" "$result - $detail")"
+    say "$(printf '%-20s %-42s %5s  %s' "$name" "$version" "$seconds" "$result - $detail")"
 done
 say "total $(($(now) - started)) s (installs $((installed - started)) s); per-client logs in $LOGS/"
 if [ $failed = 1 ]; then

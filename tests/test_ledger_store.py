@@ -286,6 +286,35 @@ async def test_mark_delivered_is_true_for_exactly_one_of_many_callers(store: Led
     assert delivered is not None and delivered.delivered
 
 
+async def test_last_delivered_is_the_newest_delivered_success_of_the_same_request(store: LedgerStore) -> None:
+    def last(since: float, generation: NewGeneration | None = None) -> Awaitable[LedgerRow | None]:
+        generation = generation or new()
+        return store.last_delivered(
+            principal=generation.principal,
+            api_base=generation.api_base,
+            request_hash=generation.request_hash,
+            since=since,
+        )
+
+    rows = []
+    for at in (NOW, NOW + 10, NOW + 20):
+        row, _ = await store.begin_or_join(new(), window_seconds=0, now=at)
+        await store.update(row.id, Changes(state="succeeded", task_id=f"t{at:g}", finished_at=at + 5), now=at + 5)
+        rows.append(row)
+    assert await last(NOW) is None  # succeeded, never delivered: a call would join it, not pay again
+    await store.mark_delivered(rows[0].id)
+    await store.mark_delivered(rows[1].id)
+    found = await last(NOW)
+    assert found is not None and found.id == rows[1].id and found.finished_at == NOW + 15
+    assert await last(NOW + 16) is None  # finished before `since`
+    failed, _ = await store.begin_or_join(new(), window_seconds=0, now=NOW + 30)
+    await store.update(failed.id, Changes(state="failed", finished_at=NOW + 31), now=NOW + 31)
+    await store.mark_delivered(failed.id)
+    assert (await last(NOW)).id == rows[1].id  # type: ignore[union-attr]
+    for other in (new(principal=BOB), new(api_base="https://other.example"), new(seed=2)):
+        assert await last(NOW, other) is None
+
+
 async def test_expire_submitting_marks_only_old_submitting_rows_unknown(store: LedgerStore) -> None:
     old, _ = await store.begin_or_join(new(seed=1), window_seconds=WINDOW, now=NOW - 100)
     fresh, _ = await store.begin_or_join(new(seed=2), window_seconds=WINDOW, now=NOW)

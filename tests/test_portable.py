@@ -243,3 +243,20 @@ async def test_http_links_read_back_on_a_stateless_server(sandbox: SandboxServer
     finally:
         first.stop()
         second.stop()
+
+
+async def test_resource_links_off_puts_the_urls_in_the_text_only(sandbox: SandboxServer) -> None:
+    """QOLABA_RESOURCE_LINKS=off (for a client that fails on a resource_link): no such block in generate_image or
+    get_task results, the same previews, and every URL in the text."""
+    arguments = {"model": "vertex/nano-banana-flash", "prompt": "a fox", "num_images": 2}
+    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_RESOURCE_LINKS="off") as client:
+        made = await client.call_tool("generate_image", arguments)
+        task_id = made.structured_content["task_id"]  # type: ignore[index]
+        again = await client.call_tool("get_task", {"task_id": task_id})
+    for result in (made, again):
+        kinds = [block.type for block in result.content]
+        assert "resource_link" not in kinds
+        assert kinds.count("image") == 2
+        assert isinstance(result.content[0], TextContent)
+        for image in result.structured_content["images"]:  # type: ignore[index]
+            assert image["url"] in result.content[0].text

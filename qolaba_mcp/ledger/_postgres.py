@@ -147,6 +147,10 @@ _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
       AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND NOT delivered))
     ORDER BY created_at DESC LIMIT 1"""
 _SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = $1"
+_SQL_LAST_DELIVERED = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = $1 AND request_hash = $2 AND api_base = $3 AND state = 'succeeded' AND delivered
+      AND finished_at >= $4
+    ORDER BY finished_at DESC LIMIT 1"""
 _SQL_BY_TASK = f"""SELECT {_COLUMNS} FROM generations WHERE task_id = $1 AND ($2::text IS NULL OR principal = $2)
     ORDER BY created_at DESC LIMIT 1"""
 # One static statement for any Changes: a NULL parameter keeps the column as it is.
@@ -281,6 +285,13 @@ class PostgresLedger:
     async def get(self, row_id: str) -> LedgerRow | None:
         async with self._connection() as conn:
             found = await conn.fetchrow(_SQL_GET, row_id)
+        return None if found is None else _to_row(found)
+
+    async def last_delivered(
+        self, *, principal: str, api_base: str, request_hash: str, since: float
+    ) -> LedgerRow | None:
+        async with self._connection() as conn:
+            found = await conn.fetchrow(_SQL_LAST_DELIVERED, principal, request_hash, api_base, since)
         return None if found is None else _to_row(found)
 
     async def by_task(self, task_id: str, *, principal: str | None) -> LedgerRow | None:

@@ -222,6 +222,12 @@ class LedgerStore(Protocol):
 
     async def get(self, row_id: str) -> LedgerRow | None: ...
 
+    async def last_delivered(
+        self, *, principal: str, api_base: str, request_hash: str, since: float
+    ) -> LedgerRow | None:
+        """The newest succeeded and delivered row for the same (principal, api_base, request_hash) that finished at
+        or after ``since``, or None."""
+
     async def by_task(self, task_id: str, *, principal: str | None) -> LedgerRow | None:
         """The row for an API task id, only if it belongs to ``principal`` (None: any)."""
 

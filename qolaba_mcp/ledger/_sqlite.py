@@ -171,6 +171,10 @@ _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
       AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND delivered = 0))
     ORDER BY created_at DESC LIMIT 1"""
 _SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = ?"
+_SQL_LAST_DELIVERED = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = ? AND request_hash = ? AND api_base = ? AND state = 'succeeded' AND delivered = 1
+      AND finished_at >= ?
+    ORDER BY finished_at DESC LIMIT 1"""
 _SQL_BY_TASK = f"""SELECT {_COLUMNS} FROM generations WHERE task_id = ? AND (? IS NULL OR principal = ?)
     ORDER BY created_at DESC LIMIT 1"""
 # One static statement for any Changes: a NULL parameter keeps the column as it is.
@@ -310,6 +314,14 @@ class SQLiteLedger:
 
     async def get(self, row_id: str) -> LedgerRow | None:
         found = await self._read(lambda conn: conn.execute(_SQL_GET, (row_id,)).fetchone())
+        return None if found is None else _to_row(found)
+
+    async def last_delivered(
+        self, *, principal: str, api_base: str, request_hash: str, since: float
+    ) -> LedgerRow | None:
+        found = await self._read(
+            lambda conn: conn.execute(_SQL_LAST_DELIVERED, (principal, request_hash, api_base, since)).fetchone()
+        )
         return None if found is None else _to_row(found)
 
     async def by_task(self, task_id: str, *, principal: str | None) -> LedgerRow | None:
