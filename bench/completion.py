@@ -52,7 +52,7 @@ async def run(latency: float, calls: int, env: dict[str, str]) -> list[dict[str,
     with SandboxServer(SandboxConfig(latency=latency)) as sandbox:
         # previews and saving off: this measures noticing completion; bench/delivery.py measures delivery
         env = {**env, "QOLABA_API_BASE_URL": sandbox.base_url, "QOLABA_API_KEY": "bench"}
-        env.update(QOLABA_PREVIEW="off", QOLABA_SAVE="off")
+        env.update(QOLABA_PREVIEW="off", QOLABA_SAVE="off", QOLABA_LEDGER_URL="sqlite:///:memory:")
         params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
         async with Client(params) as client, anyio.create_task_group() as group:
             for _ in range(calls):

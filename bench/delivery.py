@@ -27,7 +27,13 @@ ARGS = {"model": "vertex/nano-banana-pro", "prompt": "bench", "aspect_ratio": "1
 
 async def measure(base_url: str, preview: str, runs: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QOLABA_")}
-    env.update(QOLABA_API_BASE_URL=base_url, QOLABA_API_KEY="bench", QOLABA_PREVIEW=preview)
+    # an in-memory ledger: a benchmark's generations never reach a user's real ledger
+    env.update(
+        QOLABA_API_BASE_URL=base_url,
+        QOLABA_API_KEY="bench",
+        QOLABA_PREVIEW=preview,
+        QOLABA_LEDGER_URL="sqlite:///:memory:",
+    )
     params = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
     times: list[float] = []
     async with Client(params) as client:

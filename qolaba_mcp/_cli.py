@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from ._config import Settings
 
 
 def _fault(spec: str) -> object:
@@ -200,31 +204,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spend(*, as_json: bool) -> int:
-    import anyio
-
-    from ._config import Settings, SettingsError
     from ._server import spend_text
 
-    try:
-        settings = Settings.from_env()
-        print(anyio.run(spend_text, settings, as_json))
-    except (SettingsError, ValueError) as exc:
-        print(f"qolaba-mcp: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _print_report(lambda settings: spend_text(settings, as_json))
 
 
 def _history(*, search: str | None, limit: int) -> int:
+    from ._server import history_table
+
+    return _print_report(lambda settings: history_table(settings, search, max(1, min(limit, 200))))
+
+
+def _print_report(report: Callable[[Settings], Awaitable[str]]) -> int:
+    """Print a report from the ledger; a ledger that cannot be read fails as the server does: one line, exit 2."""
     import anyio
 
     from ._config import Settings, SettingsError
-    from ._server import history_table
+    from .ledger import LedgerError
 
     try:
         settings = Settings.from_env()
-        print(anyio.run(history_table, settings, search, max(1, min(limit, 200))))
+        print(anyio.run(report, settings))
     except (SettingsError, ValueError) as exc:
         print(f"qolaba-mcp: {exc}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:
+        print(f"qolaba-mcp: {_ledger_problem(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -190,6 +190,10 @@ class QolabaClient:
             )
         return {"X-API-Key": value, "Authorization": f"Bearer {value}"}
 
+    def key_in_use(self, api_key: SecretStr | None) -> str:
+        """The key a request with this per-call key sends: its own, else the configured one ("" for none)."""
+        return self._key_value(api_key)
+
     def _key_value(self, api_key: SecretStr | None) -> str:
         key = api_key or self._api_key
         return key.get_secret_value().strip() if key else ""

@@ -42,6 +42,7 @@ from ._models import (
     Usage,
     removed_text,
 )
+from .ledger import principal_of
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
@@ -192,6 +193,7 @@ class _SyncRequest:
     """A synchronous generation running in the background, and its outcome once it has one."""
 
     local_id: str
+    principal: str  # who asked (a hash of the key in use): nobody else is told it exists
     model: str
     prompt: str | None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -313,12 +315,19 @@ class Jobs:
             forecast=_Forecast(None), poll_first=True, fresh=False,
         )  # fmt: skip
 
+    def principal(self, api_key: SecretStr | None) -> str:
+        """Who asks: a hash of the key in use (the caller's own, or the server's)."""
+        return principal_of(self._client.key_in_use(api_key))
+
     def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float) -> _SyncRequest:
         if self._background is None:
             raise RuntimeError("a synchronous generation needs Jobs entered (async with): it may outlive its call")
         self._forget_old()
         entry = _SyncRequest(
-            local_id=f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}", model=request.model, prompt=request.prompt
+            local_id=f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}",
+            principal=self.principal(api_key),
+            model=request.model,
+            prompt=request.prompt,
         )
         self._sync[entry.local_id] = entry
         self._background.start_soon(self._run_sync, entry, request, api_key, budget)
@@ -380,12 +389,8 @@ class Jobs:
         self, local_id: str, *, started: float, deadline: float, progress: _Progress, api_key: SecretStr | None
     ) -> Generation:
         entry = self._sync.get(local_id)
-        if entry is None:
-            raise TaskNotFoundError(
-                f"This server holds no synchronous request {local_id}: such ids are answered only by the server "
-                f"process that gave them, for {SYNC_KEEP_SECONDS / 3600:g} h after the request ends.",
-                status_code=404,
-            )
+        if entry is None or entry.principal != self.principal(api_key):
+            raise unknown_sync(local_id)  # another caller's is answered exactly as one that does not exist
         outcome = await self._await_sync(entry, deadline=deadline, progress=progress, started=started)
         if outcome is None:
             return _pending(local_id, entry, started)
@@ -510,6 +515,15 @@ class Jobs:
                 "retry_after": asked_wait,
             }
         )
+
+
+def unknown_sync(local_id: str) -> TaskNotFoundError:
+    """What a ``sync-`` id this server does not hold for the caller gets: the same words, whoever holds it."""
+    return TaskNotFoundError(
+        f"This server holds no synchronous request {local_id}: such ids are answered only by the server "
+        f"process that gave them, for {SYNC_KEEP_SECONDS / 3600:g} h after the request ends.",
+        status_code=404,
+    )
 
 
 def _since(started: float) -> float:

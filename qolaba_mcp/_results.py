@@ -30,6 +30,7 @@ from ._errors import (
 from ._jobs import Generation, is_local_task_id
 from ._models import url_problem
 from ._spend import SpendRefusedError, usd
+from ._tracked import row_seed
 from .ledger import LedgerRow
 
 log = logging.getLogger("qolaba_mcp.results")
@@ -348,6 +349,7 @@ class HistoryRow(BaseModel):
     prompt: str | None = Field(description="The prompt, cut short.")
     images: int
     cost_usd: float | None
+    seed: int | None = Field(default=None, description="The seed used, as generate_image reported it.")
     saved_files: list[str] = Field(default_factory=list)
     inputs: list[str] = Field(default_factory=list, description="What the input images were (never their bytes).")
 
@@ -372,6 +374,7 @@ def history_row(row: LedgerRow) -> HistoryRow:
         prompt=prompt,
         images=len(row.images),
         cost_usd=row.cost_usd,
+        seed=row_seed(row),
         saved_files=[path for path in row.saved_files if path],
         inputs=row.inputs,
     )

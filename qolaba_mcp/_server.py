@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import anyio
 from mcp.server.apps import client_supports_apps
@@ -208,12 +209,23 @@ class AppContext:
 
 async def _open_ledger(settings: Settings) -> LedgerStore | None:
     """The configured ledger, opened (schema created or migrated); None when it is turned off."""
-    url = settings.ledger_url or default_ledger_url(default_data_dir())
+    url = settings.ledger_url or default_ledger_url(default_data_dir(), name=_default_ledger_name(settings))
     if url.strip().lower() == "off":
         return None
     ledger = open_ledger(url)
     await ledger.open()
     return ledger
+
+
+def _default_ledger_name(settings: Settings) -> str:
+    """An API on this machine (a sandbox, a test double) gets a ledger of its own: its generations cost nothing,
+    so they must never show up as money spent, or count against a budget, in the real ledger."""
+    host = urlsplit(settings.api_base_url).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    return "sandbox-ledger.db" if local else "ledger.db"
 
 
 async def history_table(settings: Settings, search: str | None, limit: int) -> str:

@@ -23,7 +23,7 @@ from ._errors import (
     RateLimitError,
     TaskNotFoundError,
 )
-from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id
+from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id, unknown_sync
 from ._models import GenerateRequest, ImageOutput, Usage
 from ._spend import Quote, SpendRefusedError, refusal
 from .ledger import (
@@ -48,6 +48,8 @@ SUBMITTING_GRACE = 5.0
 # A new generation identical to one delivered this recently gets a note: the caller may not know it pays again.
 REPEAT_NOTICE_SECONDS = 600.0
 _FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
+# The ledger has no seed column: the seed the API reported is kept with the usage it reported, under this key.
+_SEED = "seed"
 _UNKNOWN_NEXT = (
     "The submission was sent but its answer was never recorded (the server stopped or the connection broke), so "
     "whether a task exists is unknown. Check the Qolaba dashboard before retrying: a retry may be a second paid "
@@ -266,6 +268,8 @@ class TrackedJobs:
             row = None
         if row is not None and row.principal != principal:
             # Another caller's: answered exactly as a task that does not exist, so nothing about it leaks.
+            if is_local_task_id(task_id):
+                raise unknown_sync(task_id)
             raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)
         if row is None:
             generation = await self.jobs.get_task(
@@ -379,6 +383,8 @@ def _changes(generation: Generation) -> Changes:
     if generation.status == "FAILED":
         state = "failed"
     usage = generation.usage.model_dump(mode="json", exclude_none=True) if generation.usage else None
+    if generation.seed is not None:  # the seed the API used (chosen by it when none was asked for)
+        usage = {**(usage or {}), _SEED: generation.seed}
     return Changes(
         state=state,
         task_id=generation.task_id,
@@ -411,10 +417,19 @@ def _failure(exc: QolabaError, *, task_sent: bool) -> Changes:
     return Changes(state="unknown", error=exc.message[:500])
 
 
+def row_seed(row: LedgerRow) -> int | None:
+    """The seed a generation used: the one the API reported, else the one asked for."""
+    for seed in ((row.usage or {}).get(_SEED), row.request.get("seed")):
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+    return None
+
+
 def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
     """A result from the record alone (the task finished, or the API no longer knows it)."""
     status: Any = {"succeeded": "SUCCESS", "failed": "FAILED", "unknown": "UNKNOWN"}.get(row.state, "PENDING")
-    usage = Usage.model_validate(row.usage) if row.usage else None
+    billing = {key: value for key, value in (row.usage or {}).items() if key != _SEED}
+    usage = Usage.model_validate(billing) if billing else None
     notes = []
     if row.state == "unknown":
         notes.append(_UNKNOWN_NEXT)
@@ -425,7 +440,7 @@ def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
         status=status,
         model=row.model,
         prompt=row.prompt,
-        seed=row.request.get("seed") if isinstance(row.request.get("seed"), int) else None,
+        seed=row_seed(row),
         images=[ImageOutput(**image.model_dump()) for image in row.images],
         usage=usage,
         error=row.error if row.state != "succeeded" else None,

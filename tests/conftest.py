@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -8,18 +9,72 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 
+from qolaba_mcp._delivery import default_data_dir
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
 pytest_plugins = ["tests.pg"]  # the postgres_url fixture: a real PostgreSQL server the tests start
 
 SERVER_KEY = "qk_test_server_key_5f2c9e1d"
 _OUTPUT_DIR: list[str] = []  # the session's folder for images saved by servers under test
+
+
+# --- the user's own data folder is never touched ------------------------------------------------------------------
+# Every server a test starts, in this process or as a subprocess, finds its per-user data folder (default ledger,
+# saved images) under a temporary folder: the suite points XDG_DATA_HOME, LOCALAPPDATA and (on macOS) HOME there
+# before any test runs, and xdist workers inherit it. The controller remembers the real folder as it was, and fails
+# the run if it changed.
+
+TEST_DATA_HOME = "QOLABA_TESTS_DATA_HOME"  # set once the suite has moved the data folder (workers inherit it)
+_REAL_DATA: list[tuple[Path, dict[str, tuple[int, int]] | None]] = []
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
+    """Each file under ``folder`` with its size and modification time; None when there is no such folder."""
+    if not folder.is_dir():
+        return None
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            found[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(TEST_DATA_HOME):  # an xdist worker: its controller has moved it already
+        return
+    real = default_data_dir()
+    _REAL_DATA.append((real, _snapshot(real)))
+    home = tempfile.mkdtemp(prefix="qolaba-tests-home-")
+    os.environ.update(
+        {
+            TEST_DATA_HOME: home,
+            "XDG_DATA_HOME": os.path.join(home, "share"),
+            "LOCALAPPDATA": os.path.join(home, "AppData", "Local"),
+        }
+    )
+    if sys.platform == "darwin":  # Application Support is found from the home folder alone
+        os.environ["HOME"] = home
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _REAL_DATA:
+        return
+    real, before = _REAL_DATA[0]
+    if _snapshot(real) != before:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the suite changed the user's own data folder {real}: a test wrote outside its temporary folders"
+        if reporter is not None:
+            reporter.write_line(f"FAILED {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(os.environ[TEST_DATA_HOME], ignore_errors=True)
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def run_soak(
             QOLABA_API_KEY=api_key,
             QOLABA_POLL_MAX_INTERVAL="1",
             QOLABA_SAVE="off",
+            QOLABA_LEDGER_URL="sqlite:///:memory:",  # its made-up generations never reach a user's real ledger
         )
         started = time.monotonic()
         with open(stderr_path, "w", encoding="utf-8") if stderr_path else tempfile.TemporaryFile("w+") as errlog:

@@ -48,9 +48,9 @@ _ACCEPTED = "sqlite:///<absolute path>, sqlite:///:memory: or postgresql://user@
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
-def default_ledger_url(data_dir: Path) -> str:
+def default_ledger_url(data_dir: Path, *, name: str = "ledger.db") -> str:
     """The ledger's URL when QOLABA_LEDGER_URL is not set: a SQLite file in the data folder."""
-    return f"sqlite:///{(data_dir.absolute() / 'ledger.db').as_posix()}"
+    return f"sqlite:///{(data_dir.absolute() / name).as_posix()}"
 
 
 def open_ledger(url: str) -> LedgerStore:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import sqlite3
 import uuid
@@ -254,6 +255,23 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 def _fts_query(words: list[str]) -> str:
     """An FTS5 query from search words: each one quoted (a term, never an operator), the last also a prefix."""
     return " ".join(f'"{word}"' for word in words) + ("*" if len(words[-1]) >= MIN_PREFIX else "")
+
+
+def _make_private(path: Path) -> None:
+    """The ledger holds prompts, inputs, URLs and paths: its files are its user's alone (0600).
+
+    A folder it creates is 0700; an existing folder is left as its owner set it up. SQLite creates the -wal and
+    -shm files later with the main file's permissions, so making the main file 0600 first covers them too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))  # a new file is never readable by others, not even briefly
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat().st_mode
+            if mode & 0o077:
+                file.chmod(mode & 0o700)  # one made by an earlier version, before the ledger was private
+        except OSError:  # not there yet, or another user's file: theirs to set
+            pass
 
 
 def _json(value: Any) -> str | None:
@@ -527,7 +545,7 @@ class SQLiteLedger:
     def _open(self) -> None:
         try:
             if not self._memory:
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                _make_private(Path(self._path))
             conn = self._connect()
             try:
                 conn.execute("PRAGMA journal_mode = WAL")  # readers and a writer at once; remembered by the file
