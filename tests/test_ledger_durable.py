@@ -7,6 +7,7 @@ real PostgreSQL whose backend is terminated by an admin connection while the led
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -15,7 +16,10 @@ from typing import Any
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 from pydantic import SecretStr
 
@@ -27,7 +31,7 @@ from qolaba_mcp._tracked import TrackedJobs
 from qolaba_mcp.ledger import WriteQueue, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import SERVER_KEY, connect
+from .conftest import SERVER_KEY, HttpServer, connect, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +206,52 @@ async def test_a_postgres_connection_dropped_mid_write_still_lands_the_record(
 
 _WAITING_ON_A_LOCK = """SELECT pid FROM pg_stat_activity
     WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"""
+
+
+def stderr_of(server: HttpServer) -> bytes:
+    server._err.seek(0)
+    return server._err.read()
+
+
+async def test_sigterm_flushes_a_record_still_behind_before_the_server_exits(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Over HTTP, where SIGTERM ends the lifespan: the queue's flush lands what the locked ledger refused."""
+    path = tmp_path / "ledger.db"
+    sandbox.configure(latency=1.5)
+    env = server_env(
+        sandbox.base_url,
+        QOLABA_LEDGER_URL=f"sqlite:///{path}?busy_timeout=0.5",
+        QOLABA_JOIN_WINDOW_SECONDS="900",
+        QOLABA_SAVE="off",
+    )
+    server = HttpServer(env)
+    holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        http = httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=60))
+        async with http, Client(streamable_http_client(server.url, http_client=http)) as client:
+            results: list[CallToolResult] = []
+
+            async def call() -> None:
+                results.append(await client.call_tool("generate_image", {**FOX, "wait_seconds": 20}))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(call)
+                await wait_for_row(path, lambda row: row["state"] == "submitted")
+                holder.execute("BEGIN IMMEDIATE")
+        [result] = results
+        assert result.structured_content is not None and result.structured_content["status"] == "SUCCESS"
+        assert "record is not written yet" in text(result)
+        server.proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):  # the lock is released only once the server is on its way out
+            while b"not written yet: trying for up to" not in stderr_of(server):
+                await anyio.sleep(0.02)
+        holder.execute("ROLLBACK")  # its flush lands the record before it exits
+        assert server.proc.wait(timeout=60) == 0
+        [row] = read_rows(path)
+        assert row["state"] == "succeeded" and row["delivered"] == 1 and row["cost_usd"] is not None
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        server.stop()

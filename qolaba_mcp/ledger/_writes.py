@@ -61,6 +61,9 @@ class WriteQueue:
         group, self._group = self._group, None
         assert group is not None
         self._hurry.set()  # the retrying tasks stop backing off: the server is going
+        if self._rows:
+            log.warning("stopping with %d generation record(s) not written yet: trying for up to %g s",
+                        len(self._rows), self._flush_grace)  # fmt: skip
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._flush_grace):
             while self._rows:
                 await anyio.sleep(self._retry_min)
