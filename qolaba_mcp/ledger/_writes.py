@@ -47,7 +47,6 @@ class WriteQueue:
         self._busy: set[str] = set()  # rows a writer is working through (a caller, or a retrying task)
         self._behind: set[str] = set()  # rows with a write the ledger refused for now
         self._group: anyio.abc.TaskGroup | None = None
-        self._hurry = anyio.Event()
 
     async def __aenter__(self) -> Self:
         group = anyio.create_task_group()
@@ -60,18 +59,28 @@ class WriteQueue:
     ) -> None:
         group, self._group = self._group, None
         assert group is not None
-        self._hurry.set()  # the retrying tasks stop backing off: the server is going
-        if self._rows:
-            log.warning("stopping with %d generation record(s) not written yet: trying for up to %g s",
-                        len(self._rows), self._flush_grace)  # fmt: skip
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._flush_grace):
-            while self._rows:
-                await anyio.sleep(self._retry_min)
+        # The retrying tasks stop (a write of theirs under way finishes: its thread is waited for); then this flush
+        # tries every row itself, shielded: a server stopped by cancellation (stdio's SIGTERM) flushes too.
+        group.cancel_scope.cancel()
+        try:
+            await group.__aexit__(None, None, None)
+        finally:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._rows:
+                log.warning("stopping with %d generation record(s) not written yet: trying for up to %g s",
+                            len(self._rows), self._flush_grace)  # fmt: skip
+            with anyio.move_on_after(self._flush_grace):
+                while self._rows:
+                    for row_id in list(self._rows):
+                        await self._drain(row_id)
+                    if self._rows:
+                        await anyio.sleep(self._retry_min)
         for row_id, writes in self._rows.items():
             for what, _ in writes:
                 log.error("the ledger never took %s for generation %s: it is lost with this process", what, row_id)
-        group.cancel_scope.cancel()
-        await group.__aexit__(None, None, None)
 
     def pending(self, row_id: str) -> bool:
         """Whether a write to ``row_id`` was refused for now and has not landed yet."""
@@ -122,10 +131,7 @@ class WriteQueue:
     async def _retry(self, row_id: str) -> None:
         delay = self._retry_min
         while True:
-            with anyio.move_on_after(delay):
-                await self._hurry.wait()  # set on exit: no more backing off
-            if self._hurry.is_set():
-                await anyio.sleep(self._retry_min)
+            await anyio.sleep(delay)
             if await self._drain(row_id):
                 return
             delay = min(delay * 2, self._retry_max)
