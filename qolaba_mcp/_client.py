@@ -35,7 +35,11 @@ from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, Task, TaskCr
 log = logging.getLogger("qolaba_mcp.client")
 
 GENERATE_PATH = "/api/v1/images/generate"
-_TASK_ID = re.compile(r'"task_id"\s*:\s*"([A-Za-z0-9_.:\-]{4,200})"')
+# What a scan of an unreadable answer steps through: a whole string, a number, a structural character, or a quote
+# that opens a string cut off by the end of the answer.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[{}\[\]:,]|"')
+TASK_ID_SCAN_BYTES = 1024 * 1024
+"""How much of an unreadable submission answer is scanned for a top-level task_id (200,000 levels of nesting fit)."""
 TASK_PATH = "/api/v1/tasks/{task_id}"
 MODELS_PATH = "/api/v1/images/models"
 _USER_AGENT = "qolaba-mcp"
@@ -126,13 +130,16 @@ class QolabaClient:
                 return TaskCreated.from_api(body)
             return GenerateResult.from_api(body)
         except (ResponseFormatError, ValueError) as exc:
-            salvaged = _TASK_ID.search(data.decode("utf-8", "replace"))
-            if salvaged is None or not is_safe_task_id(salvaged[1]):
-                if isinstance(exc, ResponseFormatError):
-                    raise
-                raise ResponseFormatError(f"The generate response ({status}) lacks a usable task_id or images") from exc
-            log.warning("unreadable %s answer to a submission names task %s: following it", status, salvaged[1])
-            return TaskCreated(task_id=salvaged[1])
+            salvaged = top_level_task_id(data[:TASK_ID_SCAN_BYTES])
+            if salvaged is None or not is_safe_task_id(salvaged):
+                # A 2xx: the API took the request, so it may have made (and charged) a task nobody can name.
+                why = exc.message if isinstance(exc, ResponseFormatError) else f"it lacks a usable task_id ({exc})"
+                raise ResponseFormatError(
+                    f"{why[:300]}. The request may have been accepted and charged: do not resubmit blindly. Check the "
+                    "Qolaba dashboard for a task made just now before calling generate_image again."
+                ) from exc
+            log.warning("unreadable %s answer to a submission names task %s: following it", status, salvaged)
+            return TaskCreated(task_id=salvaged)
 
     async def get_task(self, task_id: str, *, api_key: SecretStr | None = None, timeout: float | None = None) -> Task:
         """Poll one task; the body's shape is normalised by ``Task.from_api``.
@@ -259,6 +266,50 @@ async def _read_capped(response: httpx2.Response, cap: int) -> tuple[bytes, bool
         if size > cap:
             return b"".join(chunks)[:cap], False
     return b"".join(chunks), True
+
+
+def top_level_task_id(data: bytes) -> str | None:
+    """The ``task_id`` (a string, or an integer as text) of the top-level object in ``data``, read by stepping
+    through its tokens without parsing: for answers a parser refuses (nested too deeply, cut off, garbled after
+    the id). A ``task_id`` inside a nested value is never taken: it may name something else."""
+    depth = 0
+    expect = "key"  # at depth 1: "key", then "colon", then "value", then "comma"
+    named = False  # the last key at depth 1 was "task_id"
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token == b'"':
+            return None  # a string cut off by the end: nothing after it can be read (and rescanning it costs)
+        if token in (b"{", b"["):
+            if depth == 0 and token == b"[":
+                return None  # not an object
+            if depth == 1:
+                expect = "comma"  # a nested value: stepped over (its depth says when it ends)
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                return None  # the top-level object ended without one
+        elif depth != 1:
+            continue
+        elif token == b",":
+            expect = "key"
+        elif token == b":":
+            expect = "value" if expect == "colon" else "comma"
+        elif expect == "key":
+            named, expect = token == b'"task_id"', "colon"  # (a key spelt with escapes is not worth decoding)
+        elif expect == "value":
+            expect = "comma"
+            if named:
+                value = _json_scalar(token)
+                return str(value).strip() or None if isinstance(value, str | int) else None
+    return None
+
+
+def _json_scalar(token: bytes) -> object:
+    try:
+        return json.loads(token)
+    except ValueError:  # a cut-off string, a bad escape
+        return None
 
 
 def _failed_task(body: object, task_id: str) -> Task | None:

@@ -165,6 +165,8 @@ def summary(result: GenerationResult, *, links: bool = True) -> str:
             TEXT_BUDGET,
         )
     joined = "Joined the identical generation already under way (no second payment). " if result.joined else ""
+    if result.status == "UNKNOWN" and result.task_id is None and result.error:
+        return clip(f"{joined}Status UNKNOWN. {result.error} {result.next_step}", TEXT_BUDGET)  # what is known of it
     if result.status != "SUCCESS":
         text = (
             f"{joined}Task {result.task_id} is {result.status} after {result.elapsed_seconds:.1f} s. {result.next_step}"

@@ -9,7 +9,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,8 +72,8 @@ from ._spend import (
     not_confirmed,
     quote,
 )
-from ._tracked import Budget, TrackedJobs
-from .ledger import LedgerError, LedgerRow, LedgerStore, Query, default_ledger_url, open_ledger
+from ._tracked import RECORD_PENDING, Budget, TrackedJobs
+from .ledger import LedgerError, LedgerRow, LedgerStore, Query, WriteQueue, default_ledger_url, open_ledger
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -202,6 +202,8 @@ class AppContext:
             if delivered is not None and any(delivered.saved):
                 delivered.saved = await tracked.add_saved(row_id, delivered.saved)
             await tracked.delivered(row_id)
+            if tracked.pending(row_id) and RECORD_PENDING not in generation.notes:
+                generation = generation.model_copy(update={"notes": [*generation.notes, RECORD_PENDING]})
         return generation_result(
             generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds, links=links
         )
@@ -397,7 +399,16 @@ def build_server(
         )
         # Jobs holds the task group where synchronous requests outlive their calls: it lives as long as the server.
         ledger = await _open_ledger(settings)
-        async with client, Jobs(client=client, poll=poll, stopping=stopping) as jobs:
+        # Left in reverse order: delivery, the ledger runner's heartbeat, Jobs (its synchronous requests end), the
+        # ledger records not written yet (flushed: those of what Jobs just ended too), the API client, the ledger.
+        async with AsyncExitStack() as stack:
+            writes = None
+            if ledger is not None:
+                stack.push_async_callback(ledger.close)
+            await stack.enter_async_context(client)
+            if ledger is not None:
+                writes = await stack.enter_async_context(WriteQueue(ledger=ledger))
+            jobs = await stack.enter_async_context(Jobs(client=client, poll=poll, stopping=stopping))
             tracked = None
             if ledger is not None:
                 tracked = TrackedJobs(
@@ -406,30 +417,29 @@ def build_server(
                     api_base=settings.api_base_url,
                     api_key=settings.api_key,
                     join_window=settings.join_window_seconds,
+                    writes=writes,
                 )
                 # a synchronous request lasts up to sync_timeout, an async submission up to the longest wait
                 longest = max(settings.sync_timeout, settings.max_wait_seconds, SUBMIT_MIN_SECONDS)
                 expired = await tracked.expire_stale(longest_submission=longest)
                 if expired:
                     log.warning("%d generation(s) were left submitting by a stopped server: now 'unknown'", expired)
-            try:
-                async with delivery:  # saves a call could not wait for go on here until shutdown (with a grace)
-                    yield AppContext(
-                        settings=settings,
-                        jobs=jobs,
-                        tracked=tracked,
-                        delivery=delivery,
-                        catalog=catalog,
-                        prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
-                        save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
-                        local_inputs=transport == "stdio",
-                        input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
-                        catalog_warning=warning,
-                    )
-            finally:
-                await delivery.aclose()
-                if ledger is not None:
-                    await ledger.close()
+                await stack.enter_async_context(tracked)
+            stack.push_async_callback(delivery.aclose)
+            # saves a call could not wait for go on here until shutdown (with a grace), before the ledger's writes
+            await stack.enter_async_context(delivery)
+            yield AppContext(
+                settings=settings,
+                jobs=jobs,
+                tracked=tracked,
+                delivery=delivery,
+                catalog=catalog,
+                prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
+                save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
+                local_inputs=transport == "stdio",
+                input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
+                catalog_warning=warning,
+            )
 
     server = QolabaServer(
         "qolaba-mcp",

@@ -2,14 +2,23 @@
 
 The job runner (``Jobs``) talks to the API; this layer keeps the record around it and decides, per call, whether
 a generation is new (submit) or the same as one already paid for (join). It knows nothing of MCP.
+
+Each process is an owner (a random id): the rows it is submitting carry it and a lease its heartbeat renews every
+``heartbeat_seconds`` while it lives (enter ``TrackedJobs`` for the server's life). A retry that finds an identical
+submission whose lease ran out (its process died between sending and recording) does not wait on it or pay again
+blindly: the row becomes ``unknown`` and the caller is told it may have been charged; calling again after that
+warning submits. Records are written through a ``WriteQueue``: a ledger that is busy or unreachable delays a
+record, never loses it, and never costs the caller a paid result (the result says its record is not written yet).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import anyio
 from pydantic import SecretStr
@@ -36,6 +45,8 @@ from .ledger import (
     LedgerStore,
     NewGeneration,
     Query,
+    WriteQueue,
+    abandoned,
     principal_of,
     request_hash,
 )
@@ -47,9 +58,15 @@ log = logging.getLogger("qolaba_mcp.tracked")
 SUBMITTING_GRACE = 5.0
 # A new generation identical to one delivered this recently gets a note: the caller may not know it pays again.
 REPEAT_NOTICE_SECONDS = 600.0
-_FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
 # The ledger has no seed column: the seed the API reported is kept with the usage it reported, under this key.
 _SEED = "seed"
+LEASE_S = 20.0  # how long a submitting row stays owned without its owner's heartbeat
+HEARTBEAT_S = 5.0  # how often a live process renews its submitting rows' leases
+_FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
+RECORD_PENDING = (
+    "the ledger was busy, so this generation's record is not written yet; the server keeps retrying it (spend "
+    "and history catch up once it lands)"
+)
 _UNKNOWN_NEXT = (
     "The submission was sent but its answer was never recorded (the server stopped or the connection broke), so "
     "whether a task exists is unknown. Check the Qolaba dashboard before retrying: a retry may be a second paid "
@@ -86,6 +103,9 @@ class TrackedJobs:
         join_window: float,
         submitting_grace: float = SUBMITTING_GRACE,
         repeat_notice: float = REPEAT_NOTICE_SECONDS,
+        lease_seconds: float = LEASE_S,
+        heartbeat_seconds: float = HEARTBEAT_S,
+        writes: WriteQueue | None = None,
     ) -> None:
         self.jobs = jobs
         self.ledger = ledger
@@ -95,6 +115,57 @@ class TrackedJobs:
         self._grace = submitting_grace
         self._saving = anyio.Lock()  # saved paths are read, merged and written back one at a time
         self._repeat_notice = repeat_notice
+        self._lease = lease_seconds
+        self._heartbeat = heartbeat_seconds
+        self.owner = uuid.uuid4().hex  # this process, as the owner of the rows it submits
+        # Given a queue, its owner enters it (the server: around Jobs, so that records of what Jobs ends on the way
+        # out are flushed too); else this runner enters its own.
+        self._own_writes = writes is None
+        self.writes = writes or WriteQueue(ledger=ledger)
+        self._beating: anyio.CancelScope | None = None  # set while the heartbeat runs: only then are rows leased
+        self._group: Any = None
+        self._submitting = 0  # submissions of this process in flight: the heartbeat beats only while there are
+
+    async def __aenter__(self) -> Self:
+        """Start the heartbeat (and the write queue, if it is this runner's own)."""
+        if self._own_writes:
+            await self.writes.__aenter__()
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._beating = anyio.CancelScope()
+        self._group.start_soon(self._beat, self._beating)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop the heartbeat, then (its own queue) flush the records not written yet (see ``WriteQueue``)."""
+        if self._beating is not None:
+            self._beating.cancel()
+            self._beating = None
+        group, self._group = self._group, None
+        try:
+            if group is not None:
+                await group.__aexit__(None, None, None)
+        finally:
+            if self._own_writes:
+                await self.writes.__aexit__(exc_type, exc, tb)
+
+    async def _beat(self, scope: anyio.CancelScope) -> None:
+        """Renew the leases of this process's submitting rows, for as long as it lives."""
+        with scope:
+            while True:
+                await anyio.sleep(self._heartbeat)
+                if not self._submitting and not self.writes.pending_rows():
+                    continue  # nothing of this process can be left submitting: no write needed
+                try:
+                    await self.ledger.renew_leases(owner=self.owner, until=time.time() + self._lease)
+                except LedgerError as exc:  # the next beat tries again; a lease outlives a few missed beats
+                    log.warning("the ledger did not take this server's heartbeat (%s)", exc)
+
+    def pending(self, row_id: str) -> bool:
+        """Whether a record of ``row_id`` could not be written yet (the ledger said "not now"; it is retried)."""
+        return self.writes.pending(row_id)
 
     def principal(self, api_key: SecretStr | None) -> str:
         """Who asks: a hash of the key in use (the caller's own, or the server's)."""
@@ -102,7 +173,8 @@ class TrackedJobs:
         return principal_of(key.get_secret_value() if key else "")
 
     async def expire_stale(self, *, longest_submission: float) -> int:
-        """Rows left "submitting" by a process that died become "unknown" (never silently lost)."""
+        """Rows left "submitting" by a process that died become "unknown" (never silently lost): those whose lease
+        ran out, and any older than the longest submission (rows from before leases have only this rule)."""
         now = time.time()
         return await self.ledger.expire_submitting(older_than=now - longest_submission - self._grace, now=now)
 
@@ -132,24 +204,52 @@ class TrackedJobs:
             prompt=request.prompt,
             inputs=inputs or [],
             estimate_usd=budget.quote.estimate_usd if budget else None,
+            owner=self.owner,
         )
+        deadline = time.monotonic() + wait_seconds
+        row, joined = await self._begin(new)
+        if joined and row.state == "submitting":  # another call's submission: its task id, or its owner's death
+            row = await self._await_submission(row, deadline=deadline)
+            if abandoned(row, owner=self.owner, now=time.time()):
+                row, joined = await self._begin(new)
+        if joined and row.state == "unknown":
+            log.warning("generation %s may have been paid for without a recorded answer: warning, not submitting",
+                        row.id)  # fmt: skip
+            return _warning(row)
+        if joined:
+            log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
+            return await self._follow(row, deadline=deadline, on_progress=on_progress, api_key=api_key)
+        if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
+            await self._reserve(row, budget)  # money is held only where a budget counts it
+        repeat = await self._repeat_note(new)
+        self._submitting += 1
         try:
-            row, joined = await self.ledger.begin_or_join(new, window_seconds=self._window, now=time.time())
+            tracked = await self._submit(
+                row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
+            )
+        finally:
+            self._submitting -= 1
+        notes = tracked.notes if repeat is None else [repeat, *tracked.notes]
+        estimate = budget.quote.estimate_usd if budget else None
+        return tracked.model_copy(update={"estimate_usd": estimate, "notes": notes})
+
+    async def _begin(self, new: NewGeneration) -> tuple[LedgerRow, bool]:
+        now = time.time()
+        leased = new.model_copy(update={"lease_until": now + self._lease if self._beating is not None else None})
+        try:
+            row, joined = await self.ledger.begin_or_join(leased, window_seconds=self._window, now=now)
         except LedgerError as exc:  # no record, no submission: a paid result must never go unrecorded
             raise QolabaError(
                 f"The generation ledger is unavailable ({exc}); nothing was submitted. Retry shortly, or ask the "
                 "server's operator to check QOLABA_LEDGER_URL."
             ) from exc
-        if joined:
-            log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
-            return await self._follow(row, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
-        if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
-            await self._reserve(row, budget)  # money is held only where a budget counts it
-        repeat = await self._repeat_note(new)
-        tracked = await self._submit(row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
-        notes = tracked.notes if repeat is None else [repeat, *tracked.notes]
-        estimate = budget.quote.estimate_usd if budget else None
-        return tracked.model_copy(update={"estimate_usd": estimate, "notes": notes})
+        if joined and self.writes.pending(row.id):  # the ledger's copy is behind what this process knows
+            raise QolabaError(
+                f"An identical generation (ledger row {row.id}) has a record this server could not write yet (the "
+                "ledger is busy), so whether it can be joined is not known; nothing was submitted. Call "
+                "generate_image again in a few seconds."
+            )
+        return row, joined
 
     async def _repeat_note(self, new: NewGeneration) -> str | None:
         """A note when an identical generation was delivered moments ago: a client that could not read that result
@@ -171,6 +271,15 @@ class TrackedJobs:
             f"an identical image (task {earlier.task_id}, finished {when} UTC) was already delivered; this is a new "
             "paid generation"
         )
+
+    async def _await_submission(self, row: LedgerRow, *, deadline: float) -> LedgerRow:
+        """The row once it is no longer submitting, its owner's lease ran out, or the deadline came."""
+        while row.state == "submitting" and time.monotonic() < deadline:
+            if abandoned(row, owner=self.owner, now=time.time()):
+                break
+            await anyio.sleep(min(_FOLLOW_INTERVAL, max(deadline - time.monotonic(), 0)))
+            row = await self.ledger.get(row.id) or row
+        return row
 
     async def _reserve(self, row: LedgerRow, budget: Budget) -> None:
         """Hold the estimate on the new row, or record the refusal and raise it: nothing is submitted then."""
@@ -239,16 +348,13 @@ class TrackedJobs:
         if generation.done or not is_local_task_id(generation.task_id):
             # (a synchronous request still running was recorded by on_submitted; on_settled records its end)
             await self._record_generation(row.id, generation)
-        return Tracked(**generation.model_dump(), row_id=row.id)
+        notes = [*generation.notes, RECORD_PENDING] if self.writes.pending(row.id) else generation.notes
+        return Tracked(**generation.model_dump(exclude={"notes"}), notes=notes, row_id=row.id)
 
     async def _follow(
-        self, row: LedgerRow, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
+        self, row: LedgerRow, *, deadline: float, on_progress: ProgressFn | None, api_key: SecretStr | None
     ) -> Tracked:
-        """Wait on a generation another call started: its task id once it has one, then the task itself."""
-        deadline = time.monotonic() + wait_seconds
-        while row.state == "submitting" and time.monotonic() < deadline:
-            await anyio.sleep(min(_FOLLOW_INTERVAL, max(deadline - time.monotonic(), 0)))
-            row = await self.ledger.get(row.id) or row
+        """Follow a generation another call started, once it has its task id (or ended): the task itself."""
         if row.state in ("succeeded", "failed", "unknown", "submitting") or row.task_id is None:
             return _from_row(row, joined=True)
         generation = await self._poll(row, wait_seconds=max(deadline - time.monotonic(), 0), progress=on_progress,
@@ -308,12 +414,14 @@ class TrackedJobs:
 
     async def delivered(self, row_id: str) -> None:
         """A caller has the result: an identical call after this is a new generation."""
-        with anyio.CancelScope(shield=True):
-            await self.ledger.mark_delivered(row_id)
+
+        async def write(ledger: LedgerStore) -> None:
+            await ledger.mark_delivered(row_id)
+
+        await self.writes.write(row_id, "its delivery", write)
 
     async def saved(self, row_id: str, paths: list[str | None]) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._record(row_id, Changes(saved_files=paths))
+        await self._record(row_id, Changes(saved_files=paths))
 
     async def saved_files(self, row_id: str) -> list[str | None]:
         """The files recorded as saved for a generation's images (none when the ledger cannot be read)."""
@@ -342,20 +450,22 @@ class TrackedJobs:
         await self._record(row_id, _changes(generation))
 
     async def _record(self, row_id: str, changes: Changes) -> None:
-        """Write to the ledger even while the call is being cancelled: the record outlives the call."""
-        with anyio.CancelScope(shield=True):
-            try:
-                row = await self.ledger.update(row_id, changes, now=time.time())
-                # The money follows the outcome: a success costs what the API reported (else what was held), a
-                # failure costs nothing. An unknown outcome keeps its hold: it may have been paid for.
-                if row.reserved_usd <= 0:
-                    pass
-                elif changes.state == "succeeded":
-                    await self.ledger.settle(row_id, actual_usd=changes.cost_usd, now=time.time())
-                elif changes.state == "failed":
-                    await self.ledger.release(row_id, now=time.time())
-            except Exception:
-                log.exception("the ledger could not record %s for %s", changes.state or "a change", row_id)
+        """Write to the ledger even while the call is being cancelled, and keep retrying it while the ledger is
+        busy or unreachable: the record outlives the call (``pending`` says when it has not landed yet)."""
+        now = time.time()
+
+        async def write(ledger: LedgerStore) -> None:
+            row = await ledger.update(row_id, changes, now=now)
+            # The money follows the outcome: a success costs what the API reported (else what was held), a
+            # failure costs nothing. An unknown outcome keeps its hold: it may have been paid for.
+            if row.reserved_usd <= 0:
+                pass
+            elif changes.state == "succeeded":
+                await ledger.settle(row_id, actual_usd=changes.cost_usd, now=now)
+            elif changes.state == "failed":
+                await ledger.release(row_id, now=now)
+
+        await self.writes.write(row_id, f"its {changes.state or 'files'} record", write)
 
 
 def _without_image_bytes(body: dict[str, Any]) -> dict[str, Any]:
@@ -423,6 +533,21 @@ def row_seed(row: LedgerRow) -> int | None:
         if isinstance(seed, int) and not isinstance(seed, bool):
             return seed
     return None
+
+
+def _warning(row: LedgerRow) -> Tracked:
+    """What a retry is told instead of submitting when an identical earlier submission may have been charged."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row.created_at))
+    task = f" (task {row.task_id})" if row.task_id else ""
+    why = (row.error or "reason unknown")[:200]
+    text = (
+        f"Nothing was submitted: an identical generate_image call at {when} (ledger row {row.id}{task}) was sent to "
+        f"the Qolaba API but its answer was never recorded ({why}), so it may have been "
+        "charged. Check the Qolaba dashboard for it first. To generate anyway, call generate_image again with the "
+        "same arguments (this warning is given once per such call) or change an argument such as the seed."
+    )
+    found = _from_row(row, joined=False)
+    return found.model_copy(update={"notes": [], "error": text})
 
 
 def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:

@@ -330,13 +330,18 @@ async def test_a_version_two_database_gets_its_spend_summed_by_the_minute(
         patch.setattr(module, "_MIGRATIONS", module._MIGRATIONS[:2])
         old = open_ledger(ledger_url)
         await old.open()
-        for at, cost, held in [(NOW - DAY - 5, 9.0, 0.0), (NOW - DAY + 5, 0.10, 0.0), (NOW - DAY + 30, None, 0.05),
-                               (NOW - 3600, 0.02, 0.0), (NOW - 3590, None, 0.03), (NOW - 60, -1.0, 0.0)]:  # fmt: skip
-            row = await row_at(old, at)
-            if cost is not None:
-                await old.update(row.id, Changes(cost_usd=cost), now=at)
-            await raw(ledger_url, f"UPDATE generations SET reserved_usd = {held} WHERE id = '{row.id}'")
         await old.close()
+    # Rows as a version-2 ledger holds them (today's code writes columns that version has not got).
+    for n, (at, cost, held) in enumerate([(NOW - DAY - 5, 9.0, 0.0), (NOW - DAY + 5, 0.10, 0.0),
+                                          (NOW - DAY + 30, None, 0.05), (NOW - 3600, 0.02, 0.0),
+                                          (NOW - 3590, None, 0.03), (NOW - 60, -1.0, 0.0)]):  # fmt: skip
+        await raw(
+            ledger_url,
+            "INSERT INTO generations (id, principal, api_base, request_hash, request, model, inputs, state, created_at,"
+            " updated_at, images, saved_files, cost_usd, reserved_usd) VALUES"
+            f" ('v2-{n}', '{ALICE}', 'b', 'h{n}', '{{}}', 'flux-pro', '[]', 'succeeded', {at}, {at}, '[]', '[]',"
+            f" {'NULL' if cost is None else cost}, {held})",
+        )
     assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(2,)]
     store = open_ledger(ledger_url)
     await store.open()

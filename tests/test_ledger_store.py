@@ -125,13 +125,12 @@ async def test_a_succeeded_row_is_joined_until_delivered_then_a_call_is_a_new_ge
     ("state", "second", "later"),
     [
         ("failed", new(), 1.0),
-        ("unknown", new(), 1.0),
         ("submitted", new(), WINDOW + 0.001),
         ("submitted", new(principal=BOB), 1.0),
         ("submitted", new(api_base="https://other.example/api"), 1.0),
         ("submitted", new(seed=2), 1.0),
     ],
-    ids=["failed", "unknown", "outside-window", "other-principal", "other-api-base", "other-hash"],
+    ids=["failed", "outside-window", "other-principal", "other-api-base", "other-hash"],
 )
 async def test_begin_does_not_join(store: LedgerStore, state: Any, second: NewGeneration, later: float) -> None:
     row, _ = await store.begin_or_join(new(), window_seconds=WINDOW, now=NOW)

@@ -1,7 +1,7 @@
 """The generation ledger: every generation recorded before the API is called, in SQLite or PostgreSQL.
 
-``open_ledger(url)`` picks the backend from ``QOLABA_LEDGER_URL``; each backend module (and its driver) is imported
-only then, so importing this package stays cheap.
+``open_ledger(url)`` picks the backend from ``QOLABA_LEDGER_URL`` (a SQLite URL may end in ``?busy_timeout=<s>``);
+each backend module (and its driver) is imported only then, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from ._records import (
     NewGeneration,
     Query,
     Reservation,
+    abandoned,
     principal_of,
     request_hash,
 )
+from ._writes import WriteQueue
 
 # Plain sorted() order, as qolaba_mcp.__all__ (ruff's isort-style order would put the constants first).
 __all__ = [  # noqa: RUF022
@@ -38,6 +40,8 @@ __all__ = [  # noqa: RUF022
     "Query",
     "Reservation",
     "SCHEMA_VERSION",
+    "WriteQueue",
+    "abandoned",
     "default_ledger_url",
     "open_ledger",
     "principal_of",
@@ -53,15 +57,31 @@ def default_ledger_url(data_dir: Path, *, name: str = "ledger.db") -> str:
     return f"sqlite:///{(data_dir.absolute() / name).as_posix()}"
 
 
+def _busy_timeout(query: str, default: float) -> float:
+    """``busy_timeout=<seconds>`` from a SQLite URL's query: how long a write waits for another process's."""
+    for name, _, value in (part.partition("=") for part in query.split("&") if part):
+        if name != "busy_timeout":
+            raise LedgerError(f"a SQLite QOLABA_LEDGER_URL takes only ?busy_timeout=<seconds>, not {name[:40]!r}")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise LedgerError(f"busy_timeout in QOLABA_LEDGER_URL must be 0 to 3600 seconds, not {value[:40]!r}")
+        return seconds
+    return default
+
+
 def open_ledger(url: str) -> LedgerStore:
     """The backend for ``url``, not yet opened (call ``open()``); a LedgerError for a URL it cannot serve."""
     scheme, separator, rest = url.partition("://")
     if separator and scheme == "sqlite":
+        rest, _, query = rest.partition("?")
         path = rest.removeprefix("/")
         if rest.startswith("/") and (path == ":memory:" or Path(path).is_absolute()):
-            from ._sqlite import SQLiteLedger
+            from ._sqlite import BUSY_TIMEOUT_S, SQLiteLedger
 
-            return SQLiteLedger(path=path)
+            return SQLiteLedger(path=path, busy_timeout=_busy_timeout(query, BUSY_TIMEOUT_S))
         raise LedgerError(
             f"QOLABA_LEDGER_URL {url!r} does not name an absolute path; use {_ACCEPTED}"
             " (an absolute path makes four slashes: sqlite:////var/lib/qolaba/ledger.db)"

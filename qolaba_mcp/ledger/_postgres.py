@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]  # no type information ships with asyncpg
 
 from ._records import (
+    ABANDONED,
     REPORT_MONTH_S,
     SPEND_MINUTE_S,
     SPEND_WINDOW_S,
@@ -29,6 +30,7 @@ from ._records import (
     NewGeneration,
     Query,
     Reservation,
+    abandoned,
     build_spend_report,
     decide_reservation,
     leaving,
@@ -127,11 +129,22 @@ _MIGRATIONS: list[str] = [
     CREATE TRIGGER generations_spend AFTER INSERT OR DELETE OR UPDATE OF principal, created_at, cost_usd, reserved_usd
         ON generations FOR EACH ROW EXECUTE FUNCTION generations_spend();
     """,
+    # 4: owned submissions. owner is the server process submitting the row, lease_until how long it is known to be
+    # alive (renewed while it submits). Rows from version 3 have neither: start-up expiry ages them as before.
+    """
+    ALTER TABLE generations ADD COLUMN owner text;
+    ALTER TABLE generations ADD COLUMN lease_until double precision;
+    """,
 ]
+# SQLSTATE classes after which the same statement may succeed later: connection exception, insufficient resources
+# (disk full, too many connections), operator intervention (pg_terminate_backend, shutdown), transaction rollback
+# (deadlock, serialization), system error (I/O).
+_TRANSIENT_CLASSES = frozenset({"08", "53", "57", "40", "58"})
 
 _COLUMNS = (
     "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
+    " lease_until"
 )
 _FIELDS = tuple(_COLUMNS.split(", "))
 
@@ -146,6 +159,15 @@ _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = $1 AND request_hash = $2 AND api_base = $3 AND created_at >= $4
       AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND NOT delivered))
     ORDER BY created_at DESC LIMIT 1"""
+# Of any age: an unknown row nobody has been warned about, or a submission whose owner's lease ran out.
+_SQL_WARNABLE = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = $1 AND request_hash = $2 AND api_base = $3
+      AND ((state = 'unknown' AND NOT delivered)
+           OR (state = 'submitting' AND lease_until < $4 AND owner IS DISTINCT FROM $5))
+    ORDER BY created_at DESC LIMIT 1"""
+_SQL_WARNED = f"""UPDATE generations SET state = 'unknown', delivered = true, error = coalesce(error, $2),
+    updated_at = $3 WHERE id = $1 RETURNING {_COLUMNS}"""
+_SQL_RENEW = "UPDATE generations SET lease_until = $2 WHERE owner = $1 AND state = 'submitting'"
 _SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = $1"
 _SQL_LAST_DELIVERED = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = $1 AND request_hash = $2 AND api_base = $3 AND state = 'succeeded' AND delivered
@@ -160,7 +182,8 @@ _SQL_UPDATE = f"""UPDATE generations SET
     error = coalesce($8, error), saved_files = coalesce($9, saved_files), updated_at = $10
     WHERE id = $1 RETURNING {_COLUMNS}"""
 _SQL_DELIVER = "UPDATE generations SET delivered = true WHERE id = $1 AND NOT delivered"
-_SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = $1 WHERE state = 'submitting' AND updated_at < $2"
+_SQL_EXPIRE = """UPDATE generations SET state = 'unknown', error = coalesce(error, $3), updated_at = $1
+    WHERE state = 'submitting' AND (lease_until < $1 OR updated_at < $2)"""
 _SQL_ANALYZE = "ANALYZE generations"
 _SQL_SPEND = "SELECT coalesce(sum(cost_usd), 0) FROM generations WHERE principal = $1 AND created_at >= $2"
 # Spend control: what a row has spent is its cost once known, else the money it holds. The window is
@@ -260,10 +283,14 @@ class PostgresLedger:
     async def begin_or_join(self, new: NewGeneration, *, window_seconds: float, now: float) -> tuple[LedgerRow, bool]:
         async with self._transaction() as conn:
             await conn.execute(_SQL_REQUEST_LOCK, f"{new.principal} {new.api_base} {new.request_hash}")
-            joinable = (new.principal, new.request_hash, new.api_base, now - window_seconds)
-            found = await conn.fetchrow(_SQL_JOINABLE, *joinable)
-            if found is not None:
+            identity = (new.principal, new.request_hash, new.api_base)
+            found = await conn.fetchrow(_SQL_JOINABLE, *identity, now - window_seconds)
+            if found is not None and not abandoned(_to_row(found), owner=new.owner, now=now):
                 return _to_row(found), True
+            if found is None:
+                found = await conn.fetchrow(_SQL_WARNABLE, *identity, now, new.owner)
+            if found is not None:  # the caller is warned about it instead of submitting again
+                return _to_row(await conn.fetchrow(_SQL_WARNED, found["id"], ABANDONED, now)), True
             row = LedgerRow(**new.model_dump(), id=uuid.uuid4().hex, state="submitting", created_at=now, updated_at=now)
             await conn.execute(_SQL_INSERT, *_values(row))
             return row, False
@@ -301,8 +328,13 @@ class PostgresLedger:
 
     async def expire_submitting(self, *, older_than: float, now: float) -> int:
         async with self._connection() as conn:
-            status: str = await conn.execute(_SQL_EXPIRE, now, older_than)
+            status: str = await conn.execute(_SQL_EXPIRE, now, older_than, ABANDONED)
         return int(status.rpartition(" ")[2])  # "UPDATE <count>"
+
+    async def renew_leases(self, *, owner: str, until: float) -> int:
+        async with self._connection() as conn:
+            status: str = await conn.execute(_SQL_RENEW, owner, until)
+        return int(status.rpartition(" ")[2])
 
     async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
         where: list[str] = []
@@ -431,7 +463,9 @@ class PostgresLedger:
             async with self._pool.acquire() as conn:
                 yield conn
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise LedgerError(f"the ledger at {_redacted(self._url)} failed: {exc}") from exc
+            state = getattr(exc, "sqlstate", None)
+            transient = not isinstance(exc, asyncpg.PostgresError) or str(state)[:2] in _TRANSIENT_CLASSES
+            raise LedgerError(f"the ledger at {_redacted(self._url)} failed: {exc}", transient=transient) from exc
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:

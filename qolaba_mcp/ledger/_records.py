@@ -5,6 +5,11 @@ A row is written before the API is called (state ``submitting``) and moves on as
     submitting -> submitted (task_id known) -> running -> succeeded | failed
     submitting -> unknown   (the submission was sent but its answer never recorded: check before retrying)
 
+A ``submitting`` row is owned: ``owner`` names the server process submitting it, which renews ``lease_until``
+(``renew_leases``) while it lives. A row whose lease ran out belongs to nobody any more (its process died between
+sending and recording): the next identical call turns it ``unknown`` and is warned instead of submitting. For an
+``unknown`` row, ``delivered`` records that a caller has been given that warning.
+
 Money is data here: ``begin_or_join`` is atomic per (principal, api_base, request_hash), so two identical calls
 can never both submit; ``delivered`` records that a caller has received the result, after which an identical
 call is a new, paid generation.
@@ -29,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 LedgerState = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"submitting", "submitted", "running"})
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SPEND_WINDOW_S = 86_400.0  # a daily budget's window
 # The backends keep each principal's spend summed by the minute (the minute of created_at, kept in step with the
 # rows by triggers), so a budget check adds up at most a day of minutes and the rows of the window's first, partial
@@ -40,8 +45,18 @@ REPORT_MONTH_S = 30 * 86_400.0  # spend_report's longer window (the shorter is S
 BUDGET_TOLERANCE_USD = 1e-9
 
 
+# What an abandoned submission's row says once it is found (its server died between sending and recording).
+ABANDONED = "the server submitting it stopped before the API's answer was recorded"
+
+
 class LedgerError(Exception):
-    """The ledger cannot be used (bad URL, a schema newer than this code, a database that will not open)."""
+    """The ledger cannot be used (bad URL, a schema newer than this code, a database that will not open).
+
+    ``transient``: the same write may land if tried again (busy, locked, connection lost, disk full)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ImageRecord(BaseModel):
@@ -66,6 +81,10 @@ class NewGeneration(BaseModel):
     prompt: str | None = None
     inputs: list[str] = Field(default_factory=list, description="What the input images were made from.")
     estimate_usd: float | None = Field(default=None, description="The price estimated before the call, if known.")
+    owner: str | None = Field(default=None, description="The server process that submits it (random per process).")
+    lease_until: float | None = Field(
+        default=None, description="Unix time until which its owner is known to be alive (renewed while submitting)."
+    )
 
 
 class LedgerRow(NewGeneration):
@@ -210,9 +229,14 @@ class LedgerStore(Protocol):
     async def close(self) -> None: ...
 
     async def begin_or_join(self, new: NewGeneration, *, window_seconds: float, now: float) -> tuple[LedgerRow, bool]:
-        """Atomically: the newest joinable row for the same (principal, api_base, request_hash) created within
-        ``window_seconds`` — active, or succeeded and not yet delivered — with True; else a new ``submitting`` row
-        with False."""
+        """Atomically, for the same (principal, api_base, request_hash): the newest joinable row created within
+        ``window_seconds`` — active, or succeeded and not yet delivered — with True; else the newest row a caller
+        must be warned about first, of any age — ``unknown`` and not yet warned about, or ``submitting`` under
+        another owner whose lease has run out — turned ``unknown`` and marked warned, with True; else a new
+        ``submitting`` row (``new``'s owner and lease) with False.
+
+        A joinable ``submitting`` row whose lease has run out (another owner's) is such a warning too: a returned
+        row in state ``unknown`` always means "warn, do not submit"."""
 
     async def update(self, row_id: str, changes: Changes, *, now: float) -> LedgerRow:
         """Apply ``changes`` (fields left None are kept) and bump updated_at; the row after."""
@@ -232,7 +256,11 @@ class LedgerStore(Protocol):
         """The row for an API task id, only if it belongs to ``principal`` (None: any)."""
 
     async def expire_submitting(self, *, older_than: float, now: float) -> int:
-        """Rows still ``submitting`` whose updated_at is before ``older_than`` become ``unknown``; how many."""
+        """Rows still ``submitting`` whose lease ran out before ``now``, or whose updated_at is before ``older_than``
+        (no live submission lasts that long; rows from before leases have only this), become ``unknown``; how many."""
+
+    async def renew_leases(self, *, owner: str, until: float) -> int:
+        """``owner``'s rows still ``submitting`` are leased until ``until``; how many."""
 
     async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
         """Rows matching ``query``, newest first, and the cursor of the next page (None at the end).
@@ -276,6 +304,11 @@ class LedgerStore(Protocol):
         """``principal``'s (None: every principal's) spend (cost when known, else reservation) over the last 24 h
         and 30 days: ``{"last_24h": {"total_usd": x, "by_model": {model: x}}, "last_30d": {...}}``, in USD rounded
         to 1e-6."""
+
+
+def abandoned(row: LedgerRow, *, owner: str | None, now: float) -> bool:
+    """Whether ``row`` is a submission nobody owns any more: ``submitting``, another owner's, its lease run out."""
+    return row.state == "submitting" and row.lease_until is not None and row.lease_until < now and row.owner != owner
 
 
 def principal_of(api_key: str) -> str:

@@ -3,8 +3,9 @@
 ``sqlite3`` blocks, so every call runs in a worker thread and the event loop never waits on the disk. Writes go
 through one connection, one thread at a time, so this process's own writers queue without busy-waiting; each is a
 ``BEGIN IMMEDIATE`` transaction, which takes the file's write lock before reading, so ``begin_or_join`` is atomic
-across processes too (another process's writer waits up to ``BUSY_TIMEOUT_S``). Reads use up to ``READERS`` more
-connections, which WAL lets run beside a write. ``:memory:`` is one connection for everything: a second connection
+across processes too (another process's writer waits up to its busy timeout, ``BUSY_TIMEOUT_S`` unless given; a
+write still locked out then is a transient LedgerError). Reads use up to ``READERS`` more connections, which WAL
+lets run beside a write. ``:memory:`` is one connection for everything: a second connection
 would be a second, empty database.
 
 This module also holds what both backends share about history queries (search words, cursors): it imports only
@@ -27,6 +28,7 @@ import anyio
 import anyio.to_thread
 
 from ._records import (
+    ABANDONED,
     REPORT_MONTH_S,
     SPEND_MINUTE_S,
     SPEND_WINDOW_S,
@@ -36,6 +38,7 @@ from ._records import (
     NewGeneration,
     Query,
     Reservation,
+    abandoned,
     build_spend_report,
     decide_reservation,
     leaving,
@@ -46,7 +49,10 @@ from ._records import (
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write before giving up
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write before giving up (by default)
+# SQLite's result codes (the low byte) after which the same write may land later: BUSY, LOCKED, IOERR, FULL,
+# CANTOPEN, PROTOCOL.
+_TRANSIENT_CODES = frozenset({5, 6, 10, 13, 14, 15})
 READERS = 4  # read connections (and threads) per store
 MAX_SEARCH_WORDS = 16  # a longer search keeps its first words: enough to find anything, bounded cost
 MIN_PREFIX = 2  # a last word this long also matches as a prefix; "s*" would merge the lists of every word in s
@@ -150,11 +156,18 @@ _MIGRATIONS: list[tuple[str, ...]] = [
             {_TAKE_SPEND}
         END""",
     ),
+    # 4: owned submissions. owner is the server process submitting the row, lease_until how long it is known to be
+    # alive (renewed while it submits). Rows from version 3 have neither: start-up expiry ages them as before.
+    (
+        "ALTER TABLE generations ADD COLUMN owner TEXT",
+        "ALTER TABLE generations ADD COLUMN lease_until REAL",
+    ),
 ]
 
 _COLUMNS = (
     "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
+    " lease_until"
 )
 _G_COLUMNS = ", ".join(f"g.{column}" for column in _COLUMNS.split(", "))
 _JSON_COLUMNS = ("request", "inputs", "images", "usage", "saved_files")
@@ -165,12 +178,20 @@ _SQL_SET_VERSION = "UPDATE meta SET schema_version = ?"
 _SQL_INSERT = f"""INSERT INTO generations ({_COLUMNS}) VALUES (
     :id, :principal, :api_base, :request_hash, :request, :model, :prompt, :inputs, :state, :task_id, :created_at,
     :updated_at, :finished_at, :images, :usage, :cost_usd, :error, :saved_files, :delivered, :estimate_usd,
-    :reserved_usd)"""
+    :reserved_usd, :owner, :lease_until)"""
 # The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
 _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = ? AND request_hash = ? AND api_base = ? AND created_at >= ?
       AND (state IN ('submitting', 'submitted', 'running') OR (state = 'succeeded' AND delivered = 0))
     ORDER BY created_at DESC LIMIT 1"""
+# Of any age: an unknown row nobody has been warned about, or a submission whose owner's lease ran out.
+_SQL_WARNABLE = f"""SELECT {_COLUMNS} FROM generations
+    WHERE principal = ? AND request_hash = ? AND api_base = ?
+      AND ((state = 'unknown' AND delivered = 0) OR (state = 'submitting' AND lease_until < ? AND owner IS NOT ?))
+    ORDER BY created_at DESC LIMIT 1"""
+_SQL_WARNED = """UPDATE generations SET state = 'unknown', delivered = 1, error = coalesce(error, ?), updated_at = ?
+    WHERE id = ?"""
+_SQL_RENEW = "UPDATE generations SET lease_until = ? WHERE owner = ? AND state = 'submitting'"
 _SQL_GET = f"SELECT {_COLUMNS} FROM generations WHERE id = ?"
 _SQL_LAST_DELIVERED = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = ? AND request_hash = ? AND api_base = ? AND state = 'succeeded' AND delivered = 1
@@ -186,7 +207,8 @@ _SQL_UPDATE = """UPDATE generations SET
     saved_files = coalesce(:saved_files, saved_files), updated_at = :now
     WHERE id = :id"""
 _SQL_DELIVER = "UPDATE generations SET delivered = 1 WHERE id = ? AND delivered = 0"
-_SQL_EXPIRE = "UPDATE generations SET state = 'unknown', updated_at = ? WHERE state = 'submitting' AND updated_at < ?"
+_SQL_EXPIRE = """UPDATE generations SET state = 'unknown', error = coalesce(error, ?), updated_at = ?
+    WHERE state = 'submitting' AND (lease_until < ? OR updated_at < ?)"""
 _SQL_SPEND = "SELECT total(cost_usd) FROM generations WHERE principal = ? AND created_at >= ?"
 # Spend control: what a row has spent is its cost once known, else the money it holds. The window is
 # created_at > now - window, so a row stops counting at exactly created_at + window (Reservation.frees_at).
@@ -274,6 +296,12 @@ def _make_private(path: Path) -> None:
             pass
 
 
+def _failed(path: str, exc: sqlite3.Error) -> LedgerError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = code is not None and (code & 0xFF) in _TRANSIENT_CODES
+    return LedgerError(f"the ledger at {path} failed: {exc}", transient=transient)
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -294,8 +322,9 @@ def _to_row(values: sqlite3.Row) -> LedgerRow:
 class SQLiteLedger:
     """The ledger in one SQLite file (or in memory, for one process)."""
 
-    def __init__(self, *, path: str) -> None:
+    def __init__(self, *, path: str, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self._path = path
+        self._busy_timeout = busy_timeout
         self._memory = path == ":memory:"
         self._writer: sqlite3.Connection | None = None
         self._idle_readers: list[sqlite3.Connection] = []
@@ -312,10 +341,15 @@ class SQLiteLedger:
 
     async def begin_or_join(self, new: NewGeneration, *, window_seconds: float, now: float) -> tuple[LedgerRow, bool]:
         def run(conn: sqlite3.Connection) -> tuple[LedgerRow, bool]:
-            joinable = (new.principal, new.request_hash, new.api_base, now - window_seconds)
-            found = conn.execute(_SQL_JOINABLE, joinable).fetchone()
-            if found is not None:
+            identity = (new.principal, new.request_hash, new.api_base)
+            found = conn.execute(_SQL_JOINABLE, (*identity, now - window_seconds)).fetchone()
+            if found is not None and not abandoned(_to_row(found), owner=new.owner, now=now):
                 return _to_row(found), True
+            if found is None:
+                found = conn.execute(_SQL_WARNABLE, (*identity, now, new.owner)).fetchone()
+            if found is not None:  # the caller is warned about it instead of submitting again
+                conn.execute(_SQL_WARNED, (ABANDONED, now, found["id"]))
+                return _to_row(conn.execute(_SQL_GET, (found["id"],)).fetchone()), True
             row = LedgerRow(**new.model_dump(), id=uuid.uuid4().hex, state="submitting", created_at=now, updated_at=now)
             conn.execute(_SQL_INSERT, _params(row))
             return row, False
@@ -347,7 +381,10 @@ class SQLiteLedger:
         return None if found is None else _to_row(found)
 
     async def expire_submitting(self, *, older_than: float, now: float) -> int:
-        return await self._write(lambda conn: conn.execute(_SQL_EXPIRE, (now, older_than)).rowcount)
+        return await self._write(lambda conn: conn.execute(_SQL_EXPIRE, (ABANDONED, now, now, older_than)).rowcount)
+
+    async def renew_leases(self, *, owner: str, until: float) -> int:
+        return await self._write(lambda conn: conn.execute(_SQL_RENEW, (until, owner)).rowcount)
 
     async def history(self, query: Query) -> tuple[list[LedgerRow], str | None]:
         match: str | None = None
@@ -485,7 +522,7 @@ class SQLiteLedger:
         except sqlite3.OperationalError:
             return False, None  # locked by another process: nothing was begun
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         try:
             try:
                 result = run(conn)
@@ -495,7 +532,7 @@ class SQLiteLedger:
                     conn.execute("ROLLBACK")
             return True, result
         except sqlite3.Error as exc:
-            raise LedgerError(f"the ledger at {self._path} failed: {exc}") from exc
+            raise _failed(self._path, exc) from exc
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._reading, run, limiter=self._read_limiter)
@@ -512,7 +549,7 @@ class SQLiteLedger:
                     conn.execute("ROLLBACK")
             return result
         except sqlite3.Error as exc:
-            raise LedgerError(f"the ledger at {self._path} failed: {exc}") from exc
+            raise _failed(self._path, exc) from exc
 
     def _reading(self, run: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -526,7 +563,7 @@ class SQLiteLedger:
             finally:
                 self._idle_readers.append(conn)
         except sqlite3.Error as exc:
-            raise LedgerError(f"the ledger at {self._path} failed: {exc}") from exc
+            raise _failed(self._path, exc) from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -535,7 +572,7 @@ class SQLiteLedger:
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions, ours are explicit. timeout is SQLite's busy_timeout.
-        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         # NORMAL is durable in WAL mode except for the last transactions before a power cut; it skips an fsync per
         # commit.
