@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
 
 if TYPE_CHECKING:
+    import anyio
+
     from ._config import Settings
 
 
@@ -267,9 +272,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     # Set as the HTTP server starts to stop, so that calls still waiting return their task_id at once.
     stopping = anyio.Event()
-    server = build_server(settings, transport=args.transport, stopping=stopping)
     try:
         if args.transport == "http":
+            server = build_server(settings, transport="http", stopping=stopping)
             from ._http import InsecureBindError, serve_http
 
             try:
@@ -287,7 +292,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"qolaba-mcp: {exc}", file=sys.stderr)
                 return 2
         else:
-            server.run("stdio")
+            _run_stdio(settings, stopping)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # the ledger failing to open arrives wrapped in the server's task groups
@@ -309,6 +314,51 @@ def _serve(args: argparse.Namespace) -> int:
         if sandbox is not None:
             sandbox.stop()
     return 0
+
+
+# After SIGTERM, how long a stdio server may take to write its ledger records before it exits anyway.
+STDIO_SHUTDOWN_S = 35.0
+
+
+def _run_stdio(settings: Settings, stopping: anyio.Event) -> None:
+    """Serve over stdio until the client leaves or SIGTERM comes; on SIGTERM, leave through the lifespan (ledger
+    records still behind are written) and exit once it has ended.
+
+    The SDK reads stdin in a worker thread that no cancellation can interrupt, so the process cannot wait for it:
+    once the lifespan has ended (or after STDIO_SHUTDOWN_S), it exits at once."""
+    import anyio
+
+    from ._server import build_server
+
+    closed = threading.Event()
+    server = build_server(settings, transport="stdio", stopping=stopping, closed=closed)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            if hasattr(signal, "SIGTERM") and sys.platform != "win32":
+
+                async def on_sigterm() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            logging.getLogger("qolaba_mcp").warning(
+                                "SIGTERM: writing the ledger's last records, then exiting"
+                            )
+                            threading.Thread(target=_exit_once, args=(closed,), daemon=True).start()
+                            stopping.set()
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(on_sigterm)
+            await server.run_stdio_async()
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+
+
+def _exit_once(closed: threading.Event) -> None:
+    closed.wait(STDIO_SHUTDOWN_S)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _client_left(exc: BaseException) -> bool:

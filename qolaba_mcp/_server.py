@@ -6,6 +6,7 @@ import base64
 import inspect
 import ipaddress
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -366,9 +367,16 @@ class QolabaServer(MCPServer):
 
 
 def build_server(
-    settings: Settings, *, transport: Literal["stdio", "http"] = "stdio", stopping: anyio.Event | None = None
+    settings: Settings,
+    *,
+    transport: Literal["stdio", "http"] = "stdio",
+    stopping: anyio.Event | None = None,
+    closed: threading.Event | None = None,
 ) -> MCPServer:
-    """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan."""
+    """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan.
+
+    ``closed`` is set once the lifespan has ended: every ledger record written (or given up on), every client shut.
+    """
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[AppContext]:
@@ -402,6 +410,8 @@ def build_server(
         # Left in reverse order: delivery, the ledger runner's heartbeat, Jobs (its synchronous requests end), the
         # ledger records not written yet (flushed: those of what Jobs just ended too), the API client, the ledger.
         async with AsyncExitStack() as stack:
+            if closed is not None:
+                stack.callback(closed.set)  # the first in, so the last out
             writes = None
             if ledger is not None:
                 stack.push_async_callback(ledger.close)

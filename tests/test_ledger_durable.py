@@ -7,8 +7,13 @@ real PostgreSQL whose backend is terminated by an admin connection while the led
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -255,3 +260,62 @@ async def test_sigterm_flushes_a_record_still_behind_before_the_server_exits(
             holder.execute("ROLLBACK")
         holder.close()
         server.stop()
+
+
+def test_sigterm_on_stdio_flushes_a_record_still_behind_and_exits(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Over stdio, where the SDK reads stdin in a thread nothing can interrupt: SIGTERM still leaves through the
+    lifespan (the record lands) and the process exits 0 instead of dying at once or hanging on that thread."""
+    path = tmp_path / "ledger.db"
+    sandbox.configure(latency=1.5)
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{path}?busy_timeout=0.5", QOLABA_SAVE="off")
+    holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        )
+
+        def send(message: dict[str, Any]) -> None:
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.flush()
+
+        def until(wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            assert proc.stdout is not None
+            while True:
+                line = proc.stdout.readline()
+                assert line, "the server closed its output"
+                if wanted(message := json.loads(line)):
+                    return dict(message)
+
+        def log() -> bytes:
+            stderr.seek(0)
+            return stderr.read()
+
+        try:
+            hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+            send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
+            until(lambda message: message.get("id") == 1)
+            send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            params = {"name": "generate_image", "arguments": {**FOX, "wait_seconds": 20}, "_meta": {"progressToken": 1}}
+            send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
+            until(lambda message: "submitted" in str(message.get("params", {}).get("message")))
+            holder.execute("BEGIN IMMEDIATE")  # the task exists; its outcome cannot be written until this ends
+            result = until(lambda message: message.get("id") == 2)["result"]
+            assert result["structuredContent"]["status"] == "SUCCESS"
+            assert "record is not written yet" in json.dumps(result)
+            proc.send_signal(signal.SIGTERM)  # stdin stays open: the client has not gone
+            deadline = time.monotonic() + 30
+            while b"not written yet: trying for up to" not in log():
+                assert time.monotonic() < deadline and proc.poll() is None, log().decode(errors="replace")
+                time.sleep(0.02)
+            holder.execute("ROLLBACK")  # the flush now lands the record, and the process leaves
+            assert proc.wait(timeout=60) == 0, log().decode(errors="replace")
+        finally:
+            if holder.in_transaction:
+                holder.execute("ROLLBACK")
+            holder.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    [row] = read_rows(path)
+    assert row["state"] == "succeeded" and row["delivered"] == 1 and row["cost_usd"] is not None
