@@ -23,6 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
+from qolaba_mcp.ledger import Query, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 
 from .conftest import HttpServer, connect, server_env
@@ -135,6 +136,22 @@ class RawServer:
         self.proc.wait(10)
 
 
+def _task_recorded(ledger_url: str) -> bool:
+    """Whether the ledger's newest generation has its task id: the state a kill -9 test must reach first (the
+    sandbox counts a submission before the server has recorded the answer)."""
+
+    async def look() -> bool:
+        store = open_ledger(ledger_url)
+        await store.open()
+        try:
+            rows, _ = await store.history(Query(limit=1))
+        finally:
+            await store.close()
+        return bool(rows) and rows[0].task_id is not None
+
+    return anyio.run(look)
+
+
 def _wait_for(condition: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -151,8 +168,7 @@ def test_kill_9_mid_generation_then_restart_finishes_with_one_submission(
     )
     first = RawServer(env)
     first.send_call("generate_image", {**FOX, "wait_seconds": 20})
-    _wait_for(lambda: sandbox.stats()["submissions"] == 1)
-    time.sleep(0.5)
+    _wait_for(lambda: _task_recorded(ledger_url))
     first.kill()  # mid-generation: the client never saw the task_id
     second = RawServer(env)
     try:
@@ -176,7 +192,7 @@ def test_kill_9_then_an_identical_retry_joins(sandbox: SandboxServer, ledger_url
     )
     first = RawServer(env)
     first.send_call("generate_image", {**FOX, "wait_seconds": 20})
-    _wait_for(lambda: sandbox.stats()["submissions"] == 1)
+    _wait_for(lambda: _task_recorded(ledger_url))
     first.kill()
     second = RawServer(env)
     try:
