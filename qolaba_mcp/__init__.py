@@ -15,8 +15,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
-    from ._catalog import Catalog, ModelInfo
-    from ._client import QolabaClient
     from ._config import Settings, SettingsError
     from ._errors import (
         APIStatusError,
@@ -31,33 +29,35 @@ if TYPE_CHECKING:
         ServerError,
         TaskNotFoundError,
     )
-    from ._models import GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, Usage
-    from ._server import build_server
+    from .api._catalog import Catalog, ModelInfo
+    from .api._client import QolabaClient
+    from .api._wire import GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated, Usage
+    from .server import build_server
 
 _WHERE = {
     "APIStatusError": "._errors",
     "APITimeoutError": "._errors",
     "AuthenticationError": "._errors",
     "BadRequestError": "._errors",
-    "Catalog": "._catalog",
-    "GenerateRequest": "._models",
-    "GenerateResult": "._models",
-    "ImageOutput": "._models",
+    "Catalog": ".api._catalog",
+    "GenerateRequest": ".api._wire",
+    "GenerateResult": ".api._wire",
+    "ImageOutput": ".api._wire",
     "MissingApiKeyError": "._errors",
-    "ModelInfo": "._catalog",
+    "ModelInfo": ".api._catalog",
     "NetworkError": "._errors",
-    "QolabaClient": "._client",
+    "QolabaClient": ".api._client",
     "QolabaError": "._errors",
     "RateLimitError": "._errors",
     "ResponseFormatError": "._errors",
     "ServerError": "._errors",
     "Settings": "._config",
     "SettingsError": "._config",
-    "Task": "._models",
-    "TaskCreated": "._models",
+    "Task": ".api._wire",
+    "TaskCreated": ".api._wire",
     "TaskNotFoundError": "._errors",
-    "Usage": "._models",
-    "build_server": "._server",
+    "Usage": ".api._wire",
+    "build_server": ".server",
 }
 
 __all__ = [

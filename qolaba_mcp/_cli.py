@@ -209,13 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spend(*, as_json: bool) -> int:
-    from ._server import spend_text
+    from .server._server import spend_text
 
     return _print_report(lambda settings: spend_text(settings, as_json))
 
 
 def _history(*, search: str | None, limit: int) -> int:
-    from ._server import history_table
+    from .server._server import history_table
 
     return _print_report(lambda settings: history_table(settings, search, max(1, min(limit, 200))))
 
@@ -243,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from ._config import Settings, SettingsError
-    from ._server import build_server
+    from .server._server import build_server
 
     try:
         settings = Settings.from_env()
@@ -328,7 +328,7 @@ def _run_stdio(settings: Settings, stopping: anyio.Event) -> None:
     once the lifespan has ended (or after STDIO_SHUTDOWN_S), it exits at once."""
     import anyio
 
-    from ._server import build_server
+    from .server._server import build_server
 
     closed = threading.Event()
     server = build_server(settings, transport="stdio", stopping=stopping, closed=closed)

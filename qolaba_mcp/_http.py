@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._config import Settings
-from ._server import DISCONNECTED
+from .server._server import DISCONNECTED
 
 log = logging.getLogger("qolaba_mcp.http")
 

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 
-from qolaba_mcp._delivery import default_data_dir
+from qolaba_mcp.images._delivery import default_data_dir
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
 pytest_plugins = ["tests.pg"]  # the postgres_url fixture: a real PostgreSQL server the tests start

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qolaba_mcp._catalog import Catalog, CatalogFileError
+from qolaba_mcp.api._catalog import Catalog, CatalogFileError
 
 DOCUMENTED = [
     "vertex/nano-banana-flash",

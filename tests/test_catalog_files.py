@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from qolaba_mcp._catalog import BUILTIN_MODELS, MAX_MODELS_FILE_BYTES, Catalog, CatalogFileError
+from qolaba_mcp.api._catalog import BUILTIN_MODELS, MAX_MODELS_FILE_BYTES, Catalog, CatalogFileError
 from qolaba_mcp.sandbox import SandboxServer
 
 from .conftest import connect

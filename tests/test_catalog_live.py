@@ -9,10 +9,10 @@ import anyio
 import httpx2
 import pytest
 
-from qolaba_mcp._catalog import BUILTIN_MODELS, CREDIT_USD, Catalog, ModelInfo
-from qolaba_mcp._client import QolabaClient
-from qolaba_mcp._models import GenerateRequest, ReferenceImage
-from qolaba_mcp._prices import LiveCatalog, check_request, estimate_usd, merge_live
+from qolaba_mcp.api._catalog import BUILTIN_MODELS, CREDIT_USD, Catalog, ModelInfo
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.api._live import LiveCatalog, check_request, estimate_usd, merge_live
+from qolaba_mcp.api._wire import GenerateRequest, ReferenceImage
 from qolaba_mcp.sandbox import SandboxServer
 
 pytestmark = pytest.mark.anyio

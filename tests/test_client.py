@@ -8,7 +8,6 @@ import socket
 import anyio
 import pytest
 
-from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import (
     APITimeoutError,
     BadRequestError,
@@ -20,7 +19,8 @@ from qolaba_mcp._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from qolaba_mcp._models import GenerateRequest, GenerateResult, TaskCreated
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.api._wire import GenerateRequest, GenerateResult, TaskCreated
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,6 @@ from typing import Any
 import httpx2
 import pytest
 
-from qolaba_mcp._client import QolabaClient, parse_retry_after
 from qolaba_mcp._errors import (
     APIStatusError,
     AuthenticationError,
@@ -16,7 +15,8 @@ from qolaba_mcp._errors import (
     ResponseFormatError,
     ServerError,
 )
-from qolaba_mcp._models import GenerateRequest, GenerateResult, TaskCreated
+from qolaba_mcp.api._client import QolabaClient, parse_retry_after
+from qolaba_mcp.api._wire import GenerateRequest, GenerateResult, TaskCreated
 
 pytestmark = pytest.mark.anyio
 KEY = "sk-mock-7f3a9c"

@@ -9,9 +9,9 @@ import sys
 import anyio
 import pytest
 
-from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._config import DEFAULT_BASE_URL, Settings, SettingsError
 from qolaba_mcp._errors import MissingApiKeyError
+from qolaba_mcp.api._client import QolabaClient
 
 KEY = "qk_test_do_not_print_1234"
 

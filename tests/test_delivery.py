@@ -15,8 +15,8 @@ import pytest
 from mcp.types import BlobResourceContents, ImageContent, ResourceLink, TextContent, TextResourceContents
 from PIL import Image
 
-from qolaba_mcp._delivery import Delivery, DownloadError, NoPreview, default_output_dir, make_preview, safe_name
-from qolaba_mcp._models import ImageOutput
+from qolaba_mcp.api._wire import ImageOutput
+from qolaba_mcp.images._delivery import Delivery, DownloadError, NoPreview, default_output_dir, make_preview, safe_name
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.sandbox._png import render_png
 

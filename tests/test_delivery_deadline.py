@@ -16,8 +16,8 @@ import anyio
 import pytest
 from mcp.types import ImageContent
 
-from qolaba_mcp._delivery import Delivery
-from qolaba_mcp._models import ImageOutput
+from qolaba_mcp.api._wire import ImageOutput
+from qolaba_mcp.images._delivery import Delivery
 from qolaba_mcp.sandbox._png import render_png
 
 from .conftest import connect

@@ -26,9 +26,9 @@ from mcp.types import CallToolResult, ImageContent, TextResourceContents
 from PIL import Image
 
 from qolaba_mcp._config import Settings
-from qolaba_mcp._gallery import GALLERY_URI, page
-from qolaba_mcp._server import build_server
 from qolaba_mcp.sandbox import SandboxServer
+from qolaba_mcp.server._gallery import GALLERY_URI, page
+from qolaba_mcp.server._server import build_server
 
 from .conftest import HttpServer, server_env
 from .results import data, text

@@ -23,7 +23,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ResourceLink, TextContent
 from pydantic import SecretStr
 
-from qolaba_mcp._client import MAX_RESPONSE_BYTES, QolabaClient
 from qolaba_mcp._errors import (
     APITimeoutError,
     InvalidTaskIdError,
@@ -31,11 +30,12 @@ from qolaba_mcp._errors import (
     ResponseFormatError,
     ServerError,
 )
-from qolaba_mcp._jobs import Generation, Jobs, PollPolicy, RetryPolicy
-from qolaba_mcp._models import MAX_IMAGES, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated
-from qolaba_mcp._results import TEXT_BUDGET, generation_result
+from qolaba_mcp.api._client import MAX_RESPONSE_BYTES, QolabaClient
+from qolaba_mcp.api._wire import MAX_IMAGES, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated
+from qolaba_mcp.generations._runner import Generation, Jobs, PollPolicy, RetryPolicy
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.sandbox._png import render_png
+from qolaba_mcp.server._results import TEXT_BUDGET, generation_result
 
 from .conftest import SERVER_KEY, HttpServer, connect, server_env
 from .hostile import Handler, HostileServer, Request, json_reply, raw_reply, sequence, trickle_reply

@@ -27,9 +27,9 @@ import pytest
 from mcp.types import ImageContent, TextContent
 from PIL import EpsImagePlugin, Image, ImageFile
 
-from qolaba_mcp import _delivery, _fetch
-from qolaba_mcp._delivery import Delivery, DownloadError, NoPreview, as_png, make_preview, safe_name
-from qolaba_mcp._models import ImageOutput
+from qolaba_mcp.api._wire import ImageOutput
+from qolaba_mcp.images import _delivery, _fetch
+from qolaba_mcp.images._delivery import Delivery, DownloadError, NoPreview, as_png, make_preview, safe_name
 from qolaba_mcp.sandbox._png import render_png
 
 from .conftest import connect, free_port

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from qolaba_mcp._imageinfo import ImageInfo, NotAnImage, parse
+from qolaba_mcp.images._formats import ImageInfo, NotAnImage, parse
 
 
 def encoded(fmt: str, mode: str = "RGB", size: tuple[int, int] = (97, 61), **options: object) -> bytes:

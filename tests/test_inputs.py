@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qolaba_mcp._inputs import RESULT_RETENTION_S, EarlierImage, InputError, InputResolver, parse_roots
-from qolaba_mcp._models import GenerateRequest, ReferenceImage
+from qolaba_mcp.api._wire import GenerateRequest, ReferenceImage
+from qolaba_mcp.images._inputs import RESULT_RETENTION_S, EarlierImage, InputError, InputResolver, parse_roots
 
 pytestmark = pytest.mark.anyio
 
@@ -188,7 +188,7 @@ def test_roots_setting(tmp_path: Path) -> None:
 
 
 def test_file_uris_name_local_paths_windows_ones_too() -> None:
-    from qolaba_mcp._inputs import _file_uri_path
+    from qolaba_mcp.images._inputs import _file_uri_path
 
     assert _file_uri_path("image_urls[0]", "file:///home/me/My%20Pictures/a.png") == "/home/me/My Pictures/a.png"
     assert _file_uri_path("image_urls[0]", "file://localhost/tmp/a.png") == "/tmp/a.png"

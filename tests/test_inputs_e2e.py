@@ -20,10 +20,10 @@ from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 from PIL import Image, ImageDraw
 
-from qolaba_mcp._catalog import Catalog
 from qolaba_mcp._errors import BadRequestError
-from qolaba_mcp._results import explain
+from qolaba_mcp.api._catalog import Catalog
 from qolaba_mcp.sandbox import Fault, SandboxServer
+from qolaba_mcp.server._results import explain
 
 from .conftest import HttpServer, server_env
 from .results import data, text

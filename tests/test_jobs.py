@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import NetworkError, RateLimitError
-from qolaba_mcp._jobs import Jobs, PollPolicy, RetryPolicy, _Forecast, _Progress
-from qolaba_mcp._models import GenerateRequest
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._runner import Jobs, PollPolicy, RetryPolicy, _Forecast, _Progress
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.anyio

@@ -28,11 +28,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 from pydantic import SecretStr
 
-from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import QolabaError
-from qolaba_mcp._jobs import Generation, Jobs, PollPolicy
-from qolaba_mcp._models import GenerateRequest
-from qolaba_mcp._tracked import TrackedJobs
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._recorded import TrackedJobs
+from qolaba_mcp.generations._runner import Generation, Jobs, PollPolicy
 from qolaba_mcp.ledger import WriteQueue, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 

@@ -19,11 +19,11 @@ import pytest
 from mcp.types import CallToolResult, TextContent
 from pydantic import SecretStr
 
-from qolaba_mcp._client import QolabaClient
 from qolaba_mcp._errors import QolabaError, ResponseFormatError
-from qolaba_mcp._jobs import Jobs, PollPolicy, RetryPolicy
-from qolaba_mcp._models import GenerateRequest
-from qolaba_mcp._tracked import TrackedJobs
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._recorded import TrackedJobs
+from qolaba_mcp.generations._runner import Jobs, PollPolicy, RetryPolicy
 from qolaba_mcp.ledger import Changes, LedgerRow, LedgerStore, NewGeneration, Query, open_ledger
 
 from .conftest import connect
@@ -97,10 +97,10 @@ async def test_start_up_expiry_goes_by_the_lease(store: LedgerStore) -> None:
 _DOOMED = """
 import sys, anyio
 from pydantic import SecretStr
-from qolaba_mcp._client import QolabaClient
-from qolaba_mcp._jobs import Jobs
-from qolaba_mcp._models import GenerateRequest
-from qolaba_mcp._tracked import TrackedJobs
+from qolaba_mcp.api._client import QolabaClient
+from qolaba_mcp.generations._runner import Jobs
+from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._recorded import TrackedJobs
 from qolaba_mcp.ledger import open_ledger
 
 async def main() -> None:

@@ -12,10 +12,10 @@ import jsonschema
 import pytest
 from mcp.types import CallToolResult, ResourceLink, TextContent
 
-from qolaba_mcp._catalog import BUILTIN_MODELS
 from qolaba_mcp._config import Settings
-from qolaba_mcp._server import build_server
+from qolaba_mcp.api._catalog import BUILTIN_MODELS
 from qolaba_mcp.sandbox import SandboxServer
+from qolaba_mcp.server._server import build_server
 
 from .conftest import HttpServer, connect, server_env
 

@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from qolaba_mcp._delivery import default_data_dir
+from qolaba_mcp.images._delivery import default_data_dir
 from qolaba_mcp.ledger import NewGeneration, default_ledger_url, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 
@@ -153,7 +153,7 @@ def test_servers_under_test_find_their_data_folder_in_a_temporary_one() -> None:
     home = os.environ[TEST_DATA_HOME]
     assert default_data_dir().is_relative_to(home)
     done = subprocess.run(
-        [sys.executable, "-c", "from qolaba_mcp._delivery import default_data_dir as d; print(d())"],
+        [sys.executable, "-c", "from qolaba_mcp.images._delivery import default_data_dir as d; print(d())"],
         env=server_env("http://127.0.0.1:9"),
         capture_output=True,
         text=True,

@@ -16,8 +16,12 @@ def test_all_is_sorted_and_resolves() -> None:
 
 
 def test_importing_the_package_or_the_pytest_plugin_loads_nothing_heavy() -> None:
-    heavy = ("mcp", "httpx2", "starlette", "uvicorn", "qolaba_mcp._")
-    modules = "qolaba_mcp, qolaba_mcp.sandbox, qolaba_mcp.sandbox.pytest_plugin"
-    probe = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.startswith({heavy!r})))"
+    heavy = ("mcp", "httpx2", "starlette", "uvicorn", "qolaba_mcp.")
+    light = ("qolaba_mcp.sandbox", "qolaba_mcp.sandbox.pytest_plugin")
+    modules = ", ".join(("qolaba_mcp", *light))
+    probe = (
+        f"import sys, {modules}; "
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r}) and m not in {light!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

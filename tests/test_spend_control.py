@@ -22,7 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.context import ClientRequestContext
 from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
 
-from qolaba_mcp._catalog import Catalog
+from qolaba_mcp.api._catalog import Catalog
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 from .conftest import HttpServer, server_env

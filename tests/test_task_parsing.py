@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from qolaba_mcp._models import Task
+from qolaba_mcp.api._wire import Task
 
 IMG = {"url": "https://x/1.png", "width": 1280, "height": 720, "content_type": "image/png"}
 
@@ -150,8 +150,8 @@ def test_a_success_whose_images_were_all_removed_is_a_failure() -> None:
 
 
 def test_sync_result_with_every_image_removed_fails_too() -> None:
-    from qolaba_mcp._jobs import _from_result
-    from qolaba_mcp._models import GenerateResult
+    from qolaba_mcp.api._wire import GenerateResult
+    from qolaba_mcp.generations._runner import _from_result
 
     result = GenerateResult.from_api({**BACKEND, "output": {"result": [], "Has_NSFW_Content": True}})
     generation = _from_result(result, "m", started=0.0)

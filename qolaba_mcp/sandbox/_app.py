@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .._catalog import CREDIT_USD, Catalog, ModelInfo
-from .._models import GENERATION_FIELDS, GenerateRequest, ImageOutput, TaskStatus, Usage
+from ..api._catalog import CREDIT_USD, Catalog, ModelInfo
+from ..api._wire import GENERATION_FIELDS, GenerateRequest, ImageOutput, TaskStatus, Usage
 from ._draw import InputImageError, decode_data_uri, load_image, low_res_jpeg, render
 from ._png import render_png
 

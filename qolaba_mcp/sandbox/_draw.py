@@ -28,7 +28,7 @@ import random
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps, ImageStat
 from PIL.PngImagePlugin import PngInfo
 
-from .._imageinfo import NotAnImage, parse
+from ..images._formats import NotAnImage, parse
 
 MAX_PIXELS = 40_000_000
 _FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}

@@ -16,7 +16,7 @@ import anyio
 import httpx2
 from pydantic import SecretStr
 
-from ._errors import (
+from .._errors import (
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
@@ -30,7 +30,7 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._models import MAX_API_TEXT, GenerateRequest, GenerateResult, Task, TaskCreated, is_safe_task_id
+from ._wire import MAX_API_TEXT, GenerateRequest, GenerateResult, Task, TaskCreated, is_safe_task_id
 
 log = logging.getLogger("qolaba_mcp.client")
 

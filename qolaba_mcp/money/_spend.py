@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ._catalog import Catalog, ModelInfo
-from ._config import Settings
-from ._errors import QolabaError
-from ._prices import estimate_usd
-from .ledger import Reservation
+from .._config import Settings
+from .._errors import QolabaError
+from ..api._catalog import Catalog, ModelInfo
+from ..api._live import estimate_usd
+from ..ledger import Reservation
 
 
 class SpendRefusedError(QolabaError):

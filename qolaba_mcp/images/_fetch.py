@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 import httpx2
 
-from ._errors import QolabaError
+from .._errors import QolabaError
 
 MAX_REDIRECTS = 5
 NOT_PUBLIC = "not fetched: its address is not public (set QOLABA_DOWNLOAD_ALLOW_PRIVATE=true to allow)"

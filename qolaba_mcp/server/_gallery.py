@@ -16,8 +16,8 @@ from mcp.server.mcpserver.resources import FunctionResource
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import Tool as ListedTool
 
-from ._delivery import Delivery, make_preview
-from ._models import ImageOutput
+from ..api._wire import ImageOutput
+from ..images._delivery import Delivery, make_preview
 
 GALLERY_URI = "ui://qolaba/gallery.html"
 PREVIEW_BYTES = 150_000  # one picture in an app-only result: never in the model's context, so roomier than previews

@@ -39,17 +39,29 @@ from mcp.types import Tool as ListedTool
 from pydantic import AfterValidator, AnyUrl, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
-from . import __version__
-from ._catalog import Capability, Catalog, CatalogFileError
-from ._client import QolabaClient
-from ._config import Settings
-from ._delivery import Delivered, Delivery, NoPreview, default_data_dir, default_output_dir
-from ._errors import QolabaError, TaskNotFoundError
+from .. import __version__
+from .._config import Settings
+from .._errors import QolabaError, TaskNotFoundError
+from ..api._catalog import Capability, Catalog, CatalogFileError
+from ..api._client import QolabaClient
+from ..api._live import LiveCatalog, check_request
+from ..api._wire import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, ImageOutput, NotBool, is_safe_task_id
+from ..generations._recorded import RECORD_PENDING, Budget, TrackedJobs
+from ..generations._runner import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
+from ..images._delivery import Delivered, Delivery, NoPreview, default_data_dir, default_output_dir
+from ..images._inputs import EarlierImage, InputError, InputResolver, has_data_uri, parse_roots
+from ..ledger import LedgerError, LedgerRow, LedgerStore, Query, WriteQueue, default_ledger_url, open_ledger
+from ..money._spend import (
+    Quote,
+    SpendApproval,
+    SpendReport,
+    approval_question,
+    cannot_ask,
+    check_caps,
+    not_confirmed,
+    quote,
+)
 from ._gallery import app_only, gallery_extension, preview, shows_gallery, without_apps
-from ._inputs import EarlierImage, InputError, InputResolver, has_data_uri, parse_roots
-from ._jobs import SUBMIT_MIN_SECONDS, Generation, Jobs, PollPolicy, ProgressFn
-from ._models import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, GenerateRequest, ImageOutput, NotBool, is_safe_task_id
-from ._prices import LiveCatalog, check_request
 from ._results import (
     GenerationList,
     GenerationResult,
@@ -63,18 +75,6 @@ from ._results import (
     model_line,
 )
 from ._schemas import NULL_MEANS, portable_input, portable_output
-from ._spend import (
-    Quote,
-    SpendApproval,
-    SpendReport,
-    approval_question,
-    cannot_ask,
-    check_caps,
-    not_confirmed,
-    quote,
-)
-from ._tracked import RECORD_PENDING, Budget, TrackedJobs
-from .ledger import LedgerError, LedgerRow, LedgerStore, Query, WriteQueue, default_ledger_url, open_ledger
 
 log = logging.getLogger("qolaba_mcp.server")
 

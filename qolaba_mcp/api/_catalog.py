@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from ._errors import QolabaError
-from ._models import GENERATION_FIELDS
+from .._errors import QolabaError
+from ._wire import GENERATION_FIELDS
 
 Capability = Literal[
     "text-to-image",

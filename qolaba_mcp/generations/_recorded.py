@@ -23,7 +23,7 @@ from typing import Any, Self
 import anyio
 from pydantic import SecretStr
 
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     BadRequestError,
     MissingApiKeyError,
@@ -32,10 +32,8 @@ from ._errors import (
     RateLimitError,
     TaskNotFoundError,
 )
-from ._jobs import Generation, Jobs, ProgressFn, is_local_task_id, unknown_sync
-from ._models import GenerateRequest, ImageOutput, Usage
-from ._spend import Quote, SpendRefusedError, refusal
-from .ledger import (
+from ..api._wire import GenerateRequest, ImageOutput, Usage
+from ..ledger import (
     ACTIVE_STATES,
     Changes,
     ImageRecord,
@@ -50,6 +48,8 @@ from .ledger import (
     principal_of,
     request_hash,
 )
+from ..money._spend import Quote, SpendRefusedError, refusal
+from ._runner import Generation, Jobs, ProgressFn, is_local_task_id, unknown_sync
 
 log = logging.getLogger("qolaba_mcp.tracked")
 

@@ -30,9 +30,9 @@ from typing import IO, TYPE_CHECKING, Literal, Self
 import anyio
 import httpx2
 
+from ..api._wire import ImageOutput
 from . import _fetch
 from ._fetch import DownloadError, IncompleteImage
-from ._models import ImageOutput
 
 if TYPE_CHECKING:
     from PIL import Image

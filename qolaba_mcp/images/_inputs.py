@@ -29,9 +29,9 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 
-from ._errors import QolabaError
-from ._imageinfo import NotAnImage, parse
-from ._models import GenerateRequest, is_safe_task_id
+from .._errors import QolabaError
+from ..api._wire import GenerateRequest, is_safe_task_id
+from ._formats import NotAnImage, parse
 
 # Qolaba keeps a task's results about four hours; after that its image URLs are assumed gone.
 RESULT_RETENTION_S = 4 * 3600.0

@@ -14,9 +14,7 @@ from pathlib import Path
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
-from ._catalog import Catalog, ModelInfo
-from ._delivery import Delivered
-from ._errors import (
+from .._errors import (
     AuthenticationError,
     BadRequestError,
     InvalidTaskIdError,
@@ -27,11 +25,13 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._jobs import Generation, is_local_task_id
-from ._models import url_problem
-from ._spend import SpendRefusedError, usd
-from ._tracked import row_seed
-from .ledger import LedgerRow
+from ..api._catalog import Catalog, ModelInfo
+from ..api._wire import url_problem
+from ..generations._recorded import row_seed
+from ..generations._runner import Generation, is_local_task_id
+from ..images._delivery import Delivered
+from ..ledger import LedgerRow
+from ..money._spend import SpendRefusedError, usd
 
 log = logging.getLogger("qolaba_mcp.results")
 

@@ -18,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from ._catalog import CREDIT_USD, QUALITY_PRICE_FACTOR, Capability, Catalog, ModelInfo
-from ._models import GenerateRequest
+from ._wire import GenerateRequest
 
 DEFAULT_TTL = 600.0  # seconds a fetched list is trusted
 DEFAULT_FAILURE_TTL = 60.0  # seconds before a failed fetch is tried again

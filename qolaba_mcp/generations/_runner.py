@@ -23,8 +23,7 @@ import anyio
 import anyio.abc
 from pydantic import BaseModel, Field, SecretStr
 
-from ._client import QolabaClient
-from ._errors import (
+from .._errors import (
     NetworkError,
     QolabaError,
     RateLimitError,
@@ -32,7 +31,8 @@ from ._errors import (
     ServerError,
     TaskNotFoundError,
 )
-from ._models import (
+from ..api._client import QolabaClient
+from ..api._wire import (
     MAX_API_TEXT,
     GenerateRequest,
     GenerateResult,
@@ -42,7 +42,7 @@ from ._models import (
     Usage,
     removed_text,
 )
-from .ledger import principal_of
+from ..ledger import principal_of
 
 log = logging.getLogger("qolaba_mcp.jobs")
 

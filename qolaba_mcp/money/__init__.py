@@ -1,0 +1,1 @@
+"""Money: quotes, caps, the daily budget's decisions, confirmation policy and the spend report."""
