@@ -186,8 +186,8 @@ class QolabaClient:
         value = self._key_value(api_key)
         if not value:
             raise MissingApiKeyError(
-                "No Qolaba API key is configured: set the QOLABA_API_KEY environment variable "
-                "(or point QOLABA_API_BASE_URL at the sandbox, which accepts any key)."
+                "No Qolaba API key is configured: set your Qolaba API key in the extension's settings (Claude "
+                "Desktop) or the QOLABA_API_KEY environment variable (or use the sandbox, which accepts any key)."
             )
         if not (value.isascii() and value.isprintable()):
             where = "The Qolaba API key given for this request" if api_key else "QOLABA_API_KEY"
