@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?= -n 4
 
-.PHONY: test lint demo sandbox soak fuzz bench interop browser clean
+.PHONY: test lint demo sandbox soak fuzz bench interop browser clean bundle dist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check qolaba_mcp tests bench
 	$(BIN)/ruff format --check qolaba_mcp tests bench
 	$(BIN)/mypy qolaba_mcp
+	$(BIN)/ruff check scripts/bundle
+	$(BIN)/ruff format --check scripts/bundle
 
 # Side by side with a bare MCP SDK server (the floor): prints a table and writes BENCHMARKS.md.
 bench: $(STAMP)
@@ -49,6 +51,25 @@ soak: $(STAMP)
 # The fuzz run with many more examples than `make test` uses.
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -q -s tests/test_fuzz.py
+
+# The MCP Bundle for Claude Desktop: dist/qolaba-mcp-<version>.mcpb, checked by the pinned mcpb CLI (npm ci under
+# scripts/bundle), its SHA-256 written into server.json (only checked under CI=true); then the artifact tests, which
+# start it from its manifest with uv against the sandbox. See docs/release.md.
+BUNDLE_CLI := scripts/bundle/node_modules/.installed
+$(BUNDLE_CLI): scripts/bundle/package-lock.json
+	cd scripts/bundle && npm ci --no-audit --no-fund
+	touch $(BUNDLE_CLI)
+
+bundle: $(STAMP) $(BUNDLE_CLI)
+	$(BIN)/python scripts/bundle/build.py
+	$(BIN)/python -m pytest -q -m artifacts tests/test_bundle.py
+
+# The sdist and wheel in dist/, twine check, then the artifact tests (a fresh install, uvx, the files inside).
+dist: $(STAMP)
+	rm -f dist/*.whl dist/*.tar.gz
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*.whl dist/*.tar.gz
+	$(BIN)/python -m pytest -q -m artifacts tests/test_dist.py
 
 demo: $(STAMP)
 	$(BIN)/qolaba-mcp demo

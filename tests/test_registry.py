@@ -10,17 +10,21 @@ import typing
 from importlib.metadata import version
 from pathlib import Path
 
+import anyio
 import jsonschema
 import pytest
+from mcp import Client
 
 import qolaba_mcp
 from qolaba_mcp._config import Settings
+from qolaba_mcp.server import build_server
 
 ROOT = Path(__file__).parent.parent
 SERVER = json.loads((ROOT / "server.json").read_text(encoding="utf-8"))
 SCHEMA_PATH = ROOT.parent / "shared" / "schemas" / "server.schema.json"
 PACKAGE = SERVER["packages"][0]
 ENV = {entry["name"]: entry for entry in PACKAGE["environmentVariables"]}
+BUNDLE = json.loads((ROOT / "scripts" / "bundle" / "manifest.json").read_text(encoding="utf-8"))
 
 
 def test_valid_against_the_registry_schema() -> None:
@@ -39,7 +43,9 @@ def test_one_version_everywhere() -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", declared), "a semantic version"
     assert version("qolaba-mcp") == qolaba_mcp.__version__ == declared
-    assert SERVER["version"] == PACKAGE["version"] == declared
+    assert SERVER["version"] == declared
+    assert [package["version"] for package in SERVER["packages"]] == [declared] * len(SERVER["packages"])
+    assert BUNDLE["version"] == declared, "scripts/bundle/manifest.json"
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert re.search(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)[1] == declared  # type: ignore[index]
 
@@ -70,3 +76,32 @@ def test_every_setting_is_listed_with_its_default() -> None:
             assert entry["default"] == expected, name
         if typing.get_origin(field.annotation) is typing.Literal:
             assert entry["choices"] == list(typing.get_args(field.annotation))
+
+
+def test_the_bundle_is_listed_beside_the_pypi_package() -> None:
+    """The MCP Bundle's entry: a release download named after the version, with the SHA-256 `make bundle` wrote."""
+    (bundle,) = [package for package in SERVER["packages"] if package["registryType"] == "mcpb"]
+    assert bundle["identifier"] == (
+        f"https://github.com/qolaba/qolaba-mcp/releases/download/v{SERVER['version']}/qolaba-mcp-{SERVER['version']}.mcpb"
+    )
+    assert re.fullmatch(r"[0-9a-f]{64}", bundle["fileSha256"]) and bundle["transport"] == {"type": "stdio"}
+
+
+def test_the_bundle_lists_the_tools_the_server_lists() -> None:
+    async def listed() -> list[dict[str, str]]:
+        async with Client(build_server(Settings(ledger_url="off"))) as client:
+            return [{"name": t.name, "description": t.description or ""} for t in (await client.list_tools()).tools]
+
+    assert BUNDLE["tools"] == anyio.run(listed), "run `python scripts/bundle/build.py --write-tools`"
+
+
+def test_the_bundle_form_sets_our_settings() -> None:
+    """Every install-form answer reaches a real setting (or --sandbox), and the key is stored as a secret."""
+    config = BUNDLE["server"]["mcp_config"]
+    settings = {f"QOLABA_{name.upper()}" for name in Settings.model_fields}
+    assert set(config["env"]) <= settings
+    used = " ".join([*config["env"].values(), *config["args"]])
+    assert set(re.findall(r"\$\{user_config\.(\w+)\}", used)) == set(BUNDLE["user_config"])
+    assert config["env"]["QOLABA_API_KEY"] == "${user_config.api_key}"
+    assert BUNDLE["user_config"]["api_key"]["sensitive"] is True
+    assert BUNDLE["user_config"]["output_dir"]["type"] == "directory"
