@@ -1,4 +1,4 @@
-"""The sandbox: a local, Qolaba-compatible image API with real PNGs, the API's validation and fault injection.
+"""The sandbox's ASGI app: its routes, the API's request validation, and the images of finished tasks.
 
 Its pictures are drawn from the request (see ``_draw``): the inputs a request names are read when it is submitted,
 and only from ``data:`` URIs and the sandbox's own image URLs; nothing is ever fetched over the network.
@@ -6,23 +6,15 @@ and only from ``data:`` URIs and the sandbox's own image URLs; nothing is ever f
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import random
-import re
 import secrets
 import time
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import anyio
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,214 +22,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..api._catalog import CREDIT_USD, Catalog, ModelInfo
-from ..api._wire import GENERATION_FIELDS, GenerateRequest, ImageOutput, TaskStatus, Usage
-from ._draw import InputImageError, decode_data_uri, load_image, low_res_jpeg, render
+from ..api._wire import GENERATION_FIELDS, GenerateRequest, ImageOutput, Usage
+from ._config import _SHAPES, SandboxConfig
+from ._draw import InputImageError, load_image, low_res_jpeg, render
+from ._inputs import _own_image, _read_data_uri, _source_shape
 from ._png import render_png
+from ._shapes import _Disconnect, _error, _iso, _malformed, _model_entry, _nsfw_field, _rate_limited, _short
+from ._state import SandboxState, _count, _Inputs, _nsfw_flags, _published, _RenderCache, _Task
 
 log = logging.getLogger("qolaba_mcp.sandbox")
-
-FaultKind = Literal["rate_limit", "server_error", "disconnect", "lost_response", "malformed", "failed_task"]
-FaultTarget = Literal["submit", "poll", "both"]
-ModelsEndpoint = Literal["ok", "404", "500", "garbage"]
-PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "backend", "mixed"]
-_SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level", "backend")
-Nsfw = Literal["none", "some", "all"]
-
-MAX_INPUT_BYTES = 10 * 1024 * 1024  # one input image file, decoded from its data: URI
-
-FAULT_ALIASES: dict[str, FaultKind] = {
-    "429": "rate_limit",
-    "rate_limit": "rate_limit",
-    "500": "server_error",
-    "5xx": "server_error",
-    "server_error": "server_error",
-    "drop": "disconnect",
-    "disconnect": "disconnect",
-    "drop-after": "lost_response",
-    "lost_response": "lost_response",
-    "malformed": "malformed",
-    "failed": "failed_task",
-    "failed_task": "failed_task",
-}
-
-
-class Fault(BaseModel):
-    """Inject ``kind`` into a fraction ``rate`` of requests (``failed_task``: of created tasks)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: FaultKind
-    rate: Annotated[float, Field(ge=0, le=1)]
-    on: FaultTarget = "both"
-
-    @classmethod
-    def parse(cls, spec: str) -> Fault:
-        """Parse ``KIND[@submit|@poll]=RATE``, e.g. ``429=0.1`` or ``500@poll=0.05``."""
-        name, sep, rate = spec.partition("=")
-        kind, _, target = name.partition("@")
-        if not sep or kind.strip().lower() not in FAULT_ALIASES:
-            raise ValueError(
-                f"bad fault {spec!r}: use KIND[@submit|@poll]=RATE with KIND one of "
-                f"{sorted(FAULT_ALIASES)} and RATE from 0 to 1"
-            )
-        return cls(
-            kind=FAULT_ALIASES[kind.strip().lower()],
-            rate=float(rate),
-            on=target.strip().lower() or "both",
-        )
-
-
-class SandboxConfig(BaseModel):
-    """The sandbox's knobs; all can be changed while it runs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    latency: Annotated[float, Field(ge=0, le=3600)] = Field(
-        default=2.0, description="Seconds a generation takes (sync requests wait this long)."
-    )
-    faults: list[Fault] = Field(default_factory=list)
-    retry_after: Annotated[float, Field(ge=0, le=3600)] = Field(
-        default=1.0, description="retryAfter seconds sent with an injected 429."
-    )
-    poll_shape: PollShape = Field(
-        default="output-object", description="Where a finished task's images appear in the poll body."
-    )
-    random_seed: int | None = Field(default=None, description="Seed for the fault dice, for repeatable runs.")
-    api_keys: list[str] | None = Field(
-        default=None, description="When set, only these keys are accepted (others get 401); else any key."
-    )
-    models_endpoint: ModelsEndpoint = Field(
-        default="ok",
-        description="How GET /api/v1/images/models answers: the list, 404, 500, or a body that is not JSON.",
-    )
-    nsfw: Nsfw = Field(
-        default="none",
-        description="Images the provider's safety filter flags: none, the first ('some'; it stays), or every one "
-        "('all'; all are removed, the generation is still charged).",
-    )
-    failed_status: Literal[200, 500] = Field(
-        default=200, description="HTTP status of a poll that finds its task FAILED (the body is the same)."
-    )
-    pictures: Literal["captioned", "plain"] = Field(
-        default="captioned",
-        description="captioned: every image shows its prompt, model, seed and size over a seeded pattern. plain: a "
-        "generation without input images is a cheap seeded gradient (for fast test suites); edits are always drawn.",
-    )
-    result_ttl: Annotated[float, Field(ge=0)] | None = Field(
-        default=None,
-        description="Seconds a finished task is kept; after that its polls and its images answer 404. None: forever.",
-    )
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """A request's input images as image files (at most 16 + 14 + 1 of them, each at most MAX_INPUT_BYTES)."""
-
-    sources: tuple[bytes, ...] = ()
-    references: tuple[bytes, ...] = ()
-    mask: bytes | None = None
-
-
-@dataclass
-class _Task:
-    task_id: str
-    request: GenerateRequest
-    model: ModelInfo
-    seed: int
-    width: int
-    height: int
-    created: float  # wall clock, seconds
-    latency: float
-    fails: bool
-    shape: PollShape
-    nsfw: Nsfw
-    inputs: _Inputs
-    plain: bool = False  # drawn as a cheap gradient (pictures="plain", no input images)
-
-    def status(self, now: float) -> TaskStatus:
-        elapsed = now - self.created
-        if elapsed >= self.latency:
-            return "FAILED" if self.fails else "SUCCESS"
-        return "PENDING" if elapsed < self.latency * 0.2 else "PROCESSING"
-
-
-@dataclass
-class SandboxState:
-    """Everything the sandbox remembers: its config, its tasks and its counters."""
-
-    config: SandboxConfig = field(default_factory=SandboxConfig)
-    catalog: Catalog = field(default_factory=Catalog.builtin)
-    tasks: dict[str, _Task] = field(default_factory=dict)
-    expired: set[str] = field(default_factory=set)  # ids of tasks forgotten after result_ttl
-    counters: Counter[str] = field(default_factory=Counter)
-    faults: Counter[str] = field(default_factory=Counter)
-    polls_by_task: Counter[str] = field(default_factory=Counter)
-    rng: random.Random = field(default_factory=random.Random)
-
-    def reset(self) -> None:
-        self.tasks.clear()
-        self.expired.clear()
-        self.counters.clear()
-        self.faults.clear()
-        self.polls_by_task.clear()
-        self.rng.seed(self.config.random_seed)
-
-    def roll(self, kind: FaultKind, endpoint: Literal["submit", "poll"]) -> bool:
-        """Whether to inject ``kind`` now; each configured fault rolls its own die."""
-        for fault in self.config.faults:
-            if fault.kind == kind and fault.on in (endpoint, "both") and self.rng.random() < fault.rate:
-                self.faults[f"{kind}:{endpoint}"] += 1
-                return True
-        return False
-
-    def expire(self, now: float) -> None:
-        """Forget the finished tasks older than ``result_ttl``, remembering only their ids."""
-        ttl = self.config.result_ttl
-        if ttl is None:
-            return
-        for task_id, task in list(self.tasks.items()):
-            if now > task.created + task.latency + ttl:
-                del self.tasks[task_id]
-                self.expired.add(task_id)
-
-    def find(self, task_id: str, now: float) -> _Task | str:
-        """The task, or why there is none: its id is unknown, or it has expired."""
-        self.expire(now)
-        task = self.tasks.get(task_id)
-        if task is not None:
-            return task
-        return f"Task {task_id} has expired" if task_id in self.expired else f"Unknown task: {task_id}"
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            **{name: self.counters[name] for name in _COUNTERS},
-            "faults": dict(self.faults),
-            "faults_total": sum(self.faults.values()),
-            "tasks": len(self.tasks),
-            "polls_by_task": dict(self.polls_by_task),
-        }
-
-
-_COUNTERS = (
-    "submit_requests",  # every POST to the generate endpoint
-    "submissions",  # generations accepted (each one a charge on the real API)
-    "sync_generations",
-    "async_tasks",
-    "polls",
-    "model_lists",  # every GET of the model list
-    "image_downloads",
-    "rejected",  # 400s
-    "unauthorized",  # 401s
-)
-
-
-def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -272,67 +65,6 @@ def _check_model_fields(request: GenerateRequest, model: ModelInfo) -> str | Non
     if request.quality is not None and request.quality not in model.qualities:
         return f"quality: '{request.quality}' is not supported by '{model.id}'; use one of {', '.join(model.qualities)}"
     return None
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
-class QuietInjectedDrops(logging.Filter):
-    """Drops uvicorn's complaint about each connection the sandbox cuts on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "returned without completing response" not in record.getMessage()
-
-
-class _Disconnect(Response):
-    """Starts a response and abandons it, so the client sees the connection drop mid-answer."""
-
-    def __init__(self) -> None:
-        super().__init__(status_code=200)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"512")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"task_id": "', "more_body": True})
-        # Returning now leaves the promised body unsent; uvicorn then closes the connection.
-
-
-def _malformed(status: int = 200, task_id: str | None = None) -> Response:
-    """A body cut off mid-JSON, as a proxy or a crashing server might send it."""
-    body = f'{{"task_id": "{task_id}", "status": "PEND' if task_id else '{"task_id": "task_x", "status": PROCESS'
-    return Response(body.encode(), status_code=status, media_type="application/json")
-
-
-class _RenderCache:
-    """The last few files drawn, so that downloading an image again does not draw it again."""
-
-    def __init__(self, *, entries: int = 16, max_bytes: int = 128 * 1024 * 1024) -> None:
-        self._files: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
-        self._entries = entries
-        self._max_bytes = max_bytes
-
-    def get(self, key: tuple[str, int, str]) -> bytes | None:
-        data = self._files.get(key)
-        if data is not None:
-            self._files.move_to_end(key)
-        return data
-
-    def put(self, key: tuple[str, int, str], data: bytes) -> None:
-        self._files[key] = data
-        self._files.move_to_end(key)
-        while len(self._files) > self._entries or (
-            len(self._files) > 1 and sum(map(len, self._files.values())) > self._max_bytes
-        ):
-            self._files.popitem(last=False)
-
-    def clear(self) -> None:
-        self._files.clear()
 
 
 class Sandbox:
@@ -686,102 +418,6 @@ class Sandbox:
         return body
 
 
-_PROVIDER_NAMES = {"vertex": "Google Vertex AI", "openai": "OpenAI", "fal": "fal.ai"}
-
-
-def _model_entry(model: ModelInfo) -> dict[str, Any]:
-    """One model as ``GET /api/v1/images/models`` lists it; prices match what a generation is charged."""
-    provider = model.id.partition("/")[0]
-    entry: dict[str, Any] = {
-        "id": model.id,
-        "name": model.display_name,
-        "provider": provider,
-        "providerName": _PROVIDER_NAMES.get(provider, provider),
-        "description": model.description or model.display_name,
-        "capabilities": [capability.replace("-", "_") for capability in model.capabilities],
-        "imageSize": list(model.aspect_ratios),
-        "quality_pricing": model.price_usd,
-        "outputFormat": "png",
-        "maxNumImages": model.max_images,
-        "defaultNumImages": 1,
-        "supportsSeed": "seed" in model.parameters,
-    }
-    if "quality" in model.parameters:  # only models that take a preset publish their presets
-        entry["quality"] = list(model.qualities)
-    if "temperature" in model.parameters:
-        low = 0.0 if model.min_temperature is None else model.min_temperature
-        high = 2.0 if model.max_temperature is None else model.max_temperature
-        entry.update(minTemperature=low, maxTemperature=high, defaultTemperature=min(max(1.0, low), high))
-    if "reference_images" in model.parameters:
-        entry["maxReferenceImages"] = 14 if model.max_reference_images is None else model.max_reference_images
-    return entry
-
-
-def _source_shape(source: bytes, long_side: int) -> tuple[int, int] | None:
-    """The source image's proportions at ``long_side`` pixels on its longer side (read from its header only)."""
-    try:
-        with Image.open(io.BytesIO(source)) as image:
-            w, h = image.size
-    except (OSError, ValueError):
-        return None
-    if w <= 0 or h <= 0:
-        return None
-    scale = long_side / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def _count(task: _Task) -> int:
-    """How many images the task generated (and is charged for)."""
-    return task.request.num_images or 1
-
-
-def _published(task: _Task) -> int:
-    """How many of its images the task shows: none when the safety filter removed them all."""
-    return 0 if task.nsfw == "all" else _count(task)
-
-
-def _nsfw_flags(task: _Task) -> list[bool]:
-    """Whether the provider's safety filter flagged each image generated."""
-    return [task.nsfw == "all" or (task.nsfw == "some" and index == 0) for index in range(_count(task))]
-
-
-def _nsfw_field(task: _Task) -> dict[str, list[bool]]:
-    """The flags as a top-level field, for the shapes that do not carry them in ``output``; none if none is set."""
-    return {} if task.nsfw == "none" else {"Has_NSFW_Content": _nsfw_flags(task)}
-
-
-_OWN_IMAGE = re.compile(r"/_sandbox/images/([^/]+)/([0-9]{1,6})\.png")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _own_image(url: str, base_url: str) -> tuple[str, int] | None:
-    """The task id and index of one of this sandbox's image URLs (same scheme, host and port), else None."""
-    try:
-        parts, base = urlsplit(url), urlsplit(base_url)
-        port, base_port = parts.port, base.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if (scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme)) != (
-        base.scheme,
-        base.hostname,
-        base_port or _DEFAULT_PORTS.get(base.scheme),
-    ):
-        return None
-    prefix = base.path.rstrip("/")
-    found = _OWN_IMAGE.fullmatch(parts.path.removeprefix(prefix)) if parts.path.startswith(prefix) else None
-    if found is None or parts.query or parts.fragment:
-        return None
-    return found[1], int(found[2])
-
-
-def _read_data_uri(uri: str) -> bytes:
-    """The image file in a data: URI, decoded once now so that bad pixel data is refused at submission."""
-    data = decode_data_uri(uri, max_bytes=MAX_INPUT_BYTES)
-    load_image(data).close()
-    return data
-
-
 def _draw_image(task: _Task, index: int) -> bytes:
     """Image ``index`` of a finished task, drawn from its request and inputs (the inputs decode again here)."""
     if task.plain:
@@ -806,7 +442,3 @@ def _api_key(request: Request) -> str:
     key = request.headers.get("x-api-key", "").strip()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return key or (token.strip() if scheme.lower() == "bearer" else "")
-
-
-def _rate_limited(retry_after: float) -> JSONResponse:
-    return _error(429, "Rate Limited", "Too many requests (sandbox fault).", retryAfter=retry_after)
