@@ -10,7 +10,7 @@ FaultKind = Literal["rate_limit", "server_error", "disconnect", "lost_response",
 FaultTarget = Literal["submit", "poll", "both"]
 ModelsEndpoint = Literal["ok", "404", "500", "garbage"]
 PollShape = Literal["output-object", "output-list", "output-urls", "top-level", "backend", "mixed"]
-_SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level", "backend")
+SHAPES: tuple[PollShape, ...] = ("output-object", "output-list", "output-urls", "top-level", "backend")
 Nsfw = Literal["none", "some", "all"]
 
 FAULT_ALIASES: dict[str, FaultKind] = {

@@ -13,7 +13,7 @@ from ._draw import decode_data_uri, load_image
 MAX_INPUT_BYTES = 10 * 1024 * 1024  # one input image file, decoded from its data: URI
 
 
-def _source_shape(source: bytes, long_side: int) -> tuple[int, int] | None:
+def source_shape(source: bytes, long_side: int) -> tuple[int, int] | None:
     """The source image's proportions at ``long_side`` pixels on its longer side (read from its header only)."""
     try:
         with Image.open(io.BytesIO(source)) as image:
@@ -30,7 +30,7 @@ _OWN_IMAGE = re.compile(r"/_sandbox/images/([^/]+)/([0-9]{1,6})\.png")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _own_image(url: str, base_url: str) -> tuple[str, int] | None:
+def own_image(url: str, base_url: str) -> tuple[str, int] | None:
     """The task id and index of one of this sandbox's image URLs (same scheme, host and port), else None."""
     try:
         parts, base = urlsplit(url), urlsplit(base_url)
@@ -51,7 +51,7 @@ def _own_image(url: str, base_url: str) -> tuple[str, int] | None:
     return found[1], int(found[2])
 
 
-def _read_data_uri(uri: str) -> bytes:
+def read_data_uri(uri: str) -> bytes:
     """The image file in a data: URI, decoded once now so that bad pixel data is refused at submission."""
     data = decode_data_uri(uri, max_bytes=MAX_INPUT_BYTES)
     load_image(data).close()

@@ -7,7 +7,6 @@ and only from ``data:`` URIs and the sandbox's own image URLs; nothing is ever f
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import time
 from functools import partial
@@ -21,23 +20,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..api._catalog import CREDIT_USD, Catalog, ModelInfo
-from ..api._wire import GENERATION_FIELDS, GenerateRequest, ImageOutput, Usage
-from ._config import _SHAPES, SandboxConfig
+from ..api._catalog import Catalog, ModelInfo
+from ..api._wire import GENERATION_FIELDS, GenerateRequest
+from ._config import SHAPES, SandboxConfig
 from ._draw import InputImageError, load_image, low_res_jpeg, render
-from ._inputs import _own_image, _read_data_uri, _source_shape
+from ._inputs import own_image, read_data_uri, source_shape
 from ._png import render_png
-from ._shapes import _Disconnect, _error, _iso, _malformed, _model_entry, _nsfw_field, _rate_limited, _short
-from ._state import SandboxState, _count, _Inputs, _nsfw_flags, _published, _RenderCache, _Task
-
-log = logging.getLogger("qolaba_mcp.sandbox")
+from ._shapes import (
+    Disconnect,
+    error_response,
+    malformed,
+    model_entry,
+    nsfw_field,
+    rate_limited,
+    result_body,
+    short,
+    task_body,
+)
+from ._state import Inputs, RenderCache, SandboxState, Task, published
 
 
 def _validation_message(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "body"
-        problems.append(f"{loc}: {err['msg']} (got {_short(err.get('input'))})")
+        problems.append(f"{loc}: {err['msg']} (got {short(err.get('input'))})")
     return "; ".join(problems)
 
 
@@ -73,7 +80,7 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None, *, catalog: Catalog | None = None) -> None:
         self.state = SandboxState(config=config or SandboxConfig(), catalog=catalog or Catalog.builtin())
         self.state.reset()
-        self._cache = _RenderCache()
+        self._cache = RenderCache()
         # Drawing a 4K picture takes most of a second and a few hundred MB: a few at a time, off the event loop.
         self._drawing = anyio.CapacityLimiter(4)
         self.app = Starlette(
@@ -112,11 +119,11 @@ class Sandbox:
         if refusal is not None:
             return refusal
         if state.roll("rate_limit", "submit"):
-            return _rate_limited(state.config.retry_after)
+            return rate_limited(state.config.retry_after)
         if state.roll("server_error", "submit"):
-            return _error(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
+            return error_response(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
         if state.roll("disconnect", "submit"):
-            return _Disconnect()  # cut before the request was processed: no task exists
+            return Disconnect()  # cut before the request was processed: no task exists
         rejection, parsed, model = await self._parse(request)
         if rejection is not None:
             state.counters["rejected"] += 1
@@ -130,22 +137,22 @@ class Sandbox:
         state.counters["submissions"] += 1
         # A lost or garbled answer after the task exists is the case that tempts clients to resubmit.
         if state.roll("lost_response", "submit"):
-            return _Disconnect()
+            return Disconnect()
         if state.roll("malformed", "submit"):
-            return _malformed(202 if parsed.celery else 200, task.task_id)
+            return malformed(202 if parsed.celery else 200, task.task_id)
         if parsed.celery:
             state.counters["async_tasks"] += 1
             return JSONResponse({"task_id": task.task_id, "status": "PENDING", "type": "image"}, status_code=202)
         state.counters["sync_generations"] += 1
         await anyio.sleep(task.latency)
         if task.fails:
-            return _error(
+            return error_response(
                 500,
                 "Internal Server Error",
                 "Generation failed: the model returned no image (sandbox-injected failure).",
                 task_id=task.task_id,
             )
-        return JSONResponse({**self._result(task, request), **_nsfw_field(task)})
+        return JSONResponse({**result_body(task, str(request.base_url)), **nsfw_field(task)})
 
     async def _get_task(self, request: Request) -> Response:
         state = self.state
@@ -156,17 +163,17 @@ class Sandbox:
             return refusal
         state.polls_by_task[task_id] += 1
         if state.roll("rate_limit", "poll"):
-            return _rate_limited(state.config.retry_after)
+            return rate_limited(state.config.retry_after)
         if state.roll("server_error", "poll"):
-            return _error(503, "Service Unavailable", "The task service is busy (sandbox fault).")
+            return error_response(503, "Service Unavailable", "The task service is busy (sandbox fault).")
         if state.roll("disconnect", "poll"):
-            return _Disconnect()
+            return Disconnect()
         if state.roll("malformed", "poll"):
-            return _malformed()
+            return malformed()
         task = state.find(task_id, time.time())
         if isinstance(task, str):
-            return _error(404, "Not Found", task)
-        body = self._task_body(task, request)
+            return error_response(404, "Not Found", task)
+        body = task_body(task, str(request.base_url), time.time())
         failed = body["status"] == "FAILED"
         return JSONResponse(body, status_code=state.config.failed_status if failed else 200)
 
@@ -178,17 +185,17 @@ class Sandbox:
             return refusal
         mode = state.config.models_endpoint
         if mode == "404":
-            return _error(404, "Not Found", "Cannot GET /api/v1/images/models (sandbox fault).")
+            return error_response(404, "Not Found", "Cannot GET /api/v1/images/models (sandbox fault).")
         if mode == "500":
-            return _error(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
+            return error_response(500, "Internal Server Error", "Unexpected server-side failure (sandbox fault).")
         if mode == "garbage":
             return Response(b"<html>502 Bad Gateway</html>", status_code=200, media_type="application/json")
-        return JSONResponse({"models": [_model_entry(model) for model in state.catalog]})
+        return JSONResponse({"models": [model_entry(model) for model in state.catalog]})
 
     async def _image(self, request: Request) -> Response:
         task = self._finished(request.path_params["task_id"], request.path_params["index"])
         if isinstance(task, str):
-            return _error(404, "Not Found", task)
+            return error_response(404, "Not Found", task)
         self.state.counters["image_downloads"] += 1
         png = await self._png(task, request.path_params["index"])
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
@@ -196,7 +203,7 @@ class Sandbox:
     async def _low_res(self, request: Request) -> Response:
         task = self._finished(request.path_params["task_id"], request.path_params["index"])
         if isinstance(task, str):
-            return _error(404, "Not Found", task)
+            return error_response(404, "Not Found", task)
         self.state.counters["image_downloads"] += 1
         jpeg = await self._jpeg(task, request.path_params["index"])
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
@@ -216,7 +223,7 @@ class Sandbox:
             try:
                 self.configure(**json.loads(await request.body()))
             except (ValueError, ValidationError, TypeError) as exc:
-                return _error(400, "Bad Request", f"invalid sandbox config: {exc}")
+                return error_response(400, "Bad Request", f"invalid sandbox config: {exc}")
         return JSONResponse(self.state.config.model_dump(mode="json"))
 
     # --- internals -----------------------------------------------------------------------------------
@@ -227,37 +234,37 @@ class Sandbox:
             return None
         self.state.counters["unauthorized"] += 1
         if not key:
-            return _error(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
-        return _error(401, "Unauthorized", "Invalid API key.")
+            return error_response(401, "Unauthorized", "Missing API key: send X-API-Key or Authorization: Bearer.")
+        return error_response(401, "Unauthorized", "Invalid API key.")
 
     async def _parse(self, request: Request) -> tuple[Response | None, GenerateRequest | None, ModelInfo | None]:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "Bad Request", "The request body must be JSON."), None, None
+            return error_response(400, "Bad Request", "The request body must be JSON."), None, None
         if not isinstance(body, dict):
-            return _error(400, "Bad Request", "The request body must be a JSON object."), None, None
+            return error_response(400, "Bad Request", "The request body must be a JSON object."), None, None
         try:
             parsed = GenerateRequest.model_validate(body)
         except ValidationError as exc:
-            return _error(400, "Bad Request", _validation_message(exc)), None, None
+            return error_response(400, "Bad Request", _validation_message(exc)), None, None
         if parsed.model_extra:
             unknown = ", ".join(sorted(parsed.model_extra))
-            return _error(400, "Bad Request", f"Unknown field(s): {unknown}."), None, None
+            return error_response(400, "Bad Request", f"Unknown field(s): {unknown}."), None, None
         model = self.state.catalog.get(parsed.model)
         if model is None:
             known = ", ".join(self.state.catalog.ids())
             return (
-                _error(400, "Bad Request", f"Unknown model '{parsed.model}'. Supported models: {known}."),
+                error_response(400, "Bad Request", f"Unknown model '{parsed.model}'. Supported models: {known}."),
                 None,
                 None,
             )
         problem = _check_model_fields(parsed, model)
         if problem is not None:
-            return _error(400, "Bad Request", problem), None, None
+            return error_response(400, "Bad Request", problem), None, None
         return None, parsed, model
 
-    async def _read_inputs(self, parsed: GenerateRequest, request: Request) -> _Inputs | Response:
+    async def _read_inputs(self, parsed: GenerateRequest, request: Request) -> Inputs | Response:
         """Every input image of the request, read now; a 400 naming the first that cannot be read."""
         base_url = str(request.base_url)
         try:
@@ -271,29 +278,29 @@ class Sandbox:
             ]
             mask = None if parsed.mask_url is None else await self._read_input("mask_url", parsed.mask_url, base_url)
         except InputImageError as exc:
-            return _error(400, "Image URL Error", str(exc))
-        return _Inputs(sources=tuple(sources), references=tuple(references), mask=mask)
+            return error_response(400, "Image URL Error", str(exc))
+        return Inputs(sources=tuple(sources), references=tuple(references), mask=mask)
 
     async def _read_input(self, name: str, url: str, base_url: str) -> bytes:
         """The image file behind one input, from a data: URI or one of this sandbox's own finished images."""
         if url[:5].lower() == "data:":
             try:
-                return await anyio.to_thread.run_sync(_read_data_uri, url, limiter=self._drawing)
+                return await anyio.to_thread.run_sync(read_data_uri, url, limiter=self._drawing)
             except InputImageError as exc:
                 raise InputImageError(f"{name}: {exc}") from None
-        own = _own_image(url, base_url)
+        own = own_image(url, base_url)
         if own is None:
             raise InputImageError(
                 f"{name}: the sandbox reads only data: URIs (data:image/...;base64,...) and its own image URLs "
                 f"({base_url.rstrip('/')}/_sandbox/images/<task_id>/<index>.png); it fetches nothing over the "
-                f"network, so it cannot read {_short(url)}"
+                f"network, so it cannot read {short(url)}"
             )
         task = self._finished(*own)
         if isinstance(task, str):
-            raise InputImageError(f"{name}: {_short(url)} is not an image this sandbox can read ({task})")
+            raise InputImageError(f"{name}: {short(url)} is not an image this sandbox can read ({task})")
         return await self._png(task, own[1])
 
-    def _finished(self, task_id: str, index: int) -> _Task | str:
+    def _finished(self, task_id: str, index: int) -> Task | str:
         """The task whose image ``index`` exists, or why there is none."""
         now = time.time()
         task = self.state.find(task_id, now)
@@ -301,11 +308,11 @@ class Sandbox:
             return task
         if task.status(now) != "SUCCESS":
             return f"Task {task_id} has not finished with SUCCESS"
-        if not 0 <= index < _published(task):
+        if not 0 <= index < published(task):
             return f"Task {task_id} has no image {index}"
         return task
 
-    async def _png(self, task: _Task, index: int) -> bytes:
+    async def _png(self, task: Task, index: int) -> bytes:
         key = (task.task_id, index, "png")
         png = self._cache.get(key)
         if png is None:
@@ -313,7 +320,7 @@ class Sandbox:
             self._cache.put(key, png)
         return png
 
-    async def _jpeg(self, task: _Task, index: int) -> bytes:
+    async def _jpeg(self, task: Task, index: int) -> bytes:
         key = (task.task_id, index, "low.jpg")
         jpeg = self._cache.get(key)
         if jpeg is None:
@@ -322,15 +329,15 @@ class Sandbox:
             self._cache.put(key, jpeg)
         return jpeg
 
-    def _create(self, request: GenerateRequest, model: ModelInfo, inputs: _Inputs) -> _Task:
+    def _create(self, request: GenerateRequest, model: ModelInfo, inputs: Inputs) -> Task:
         state = self.state
         now = time.time()
         state.expire(now)
         width, height = model.dimensions(request.aspect_ratio, request.quality)
         if inputs.sources and request.aspect_ratio is None:  # an edit keeps its source's shape
-            width, height = _source_shape(inputs.sources[0], max(width, height)) or (width, height)
+            width, height = source_shape(inputs.sources[0], max(width, height)) or (width, height)
         shape = state.config.poll_shape
-        task = _Task(
+        task = Task(
             task_id=f"task_{int(now * 1000)}_{secrets.token_hex(4)}",
             request=request,
             model=model,
@@ -340,7 +347,7 @@ class Sandbox:
             created=now,
             latency=state.config.latency,
             fails=state.roll("failed_task", "submit"),
-            shape=state.rng.choice(_SHAPES) if shape == "mixed" else shape,
+            shape=state.rng.choice(SHAPES) if shape == "mixed" else shape,
             nsfw=state.config.nsfw,
             inputs=inputs,
             plain=state.config.pictures == "plain" and not (inputs.sources or inputs.references or inputs.mask),
@@ -348,77 +355,8 @@ class Sandbox:
         state.tasks[task.task_id] = task
         return task
 
-    def _images(self, task: _Task, request: Request) -> list[ImageOutput]:
-        base = str(request.base_url).rstrip("/")
-        return [
-            ImageOutput(
-                url=f"{base}/_sandbox/images/{task.task_id}/{index}.png",
-                width=task.width,
-                height=task.height,
-                content_type="image/png",
-            )
-            for index in range(_published(task))
-        ]
 
-    def _usage(self, task: _Task) -> Usage:
-        credits = _count(task) * task.model.credits_for(task.request.quality)
-        return Usage(images_generated=_count(task), cost_usd=round(credits * CREDIT_USD, 6), cost_credits=credits)
-
-    def _result(self, task: _Task, request: Request) -> dict[str, Any]:
-        return {
-            "task_id": task.task_id,
-            "prompt": task.request.prompt,
-            "seed": task.seed,
-            "images": [image.model_dump(mode="json") for image in self._images(task, request)],
-            "usage": self._usage(task).model_dump(mode="json"),
-        }
-
-    def _task_body(self, task: _Task, request: Request) -> dict[str, Any]:
-        now = time.time()
-        status = task.status(now)
-        backend = task.shape == "backend"
-        detail = "error_data" if backend else "error_detail"
-        body: dict[str, Any] = {
-            "task_id": task.task_id,
-            "type": "image",
-            "status": status,
-            "model": task.model.id,
-            "created_at": _iso(task.created),
-            "progress": min(100, round(100 * (now - task.created) / task.latency)) if task.latency else 100,
-            "output": None,
-            "error": None,
-            detail: None,
-        }
-        if status == "FAILED":
-            body["completed_at"] = _iso(task.created + task.latency)
-            body["error"] = "Generation Error" if backend else "Generation failed"
-            body[detail] = "The model returned no image (sandbox-injected failure)."
-        elif status == "SUCCESS":
-            body["completed_at"] = _iso(task.created + task.latency)
-            result = self._result(task, request)
-            images = result["images"]
-            if backend:
-                urls = [image["url"] for image in images]
-                body["output"] = {
-                    "result": urls,
-                    "low_res_urls": [url.removesuffix(".png") + ".low.jpg" for url in urls],
-                    "Has_NSFW_Content": _nsfw_flags(task),
-                }
-                body.update(seed=result["seed"], usage=result["usage"])
-            elif task.shape == "output-object":
-                body["output"] = result
-            elif task.shape == "output-list":
-                body["output"] = images
-            elif task.shape == "output-urls":
-                body["output"] = [image["url"] for image in images]
-            else:
-                body.update(result)
-            if not backend:
-                body.update(_nsfw_field(task))
-        return body
-
-
-def _draw_image(task: _Task, index: int) -> bytes:
+def _draw_image(task: Task, index: int) -> bytes:
     """Image ``index`` of a finished task, drawn from its request and inputs (the inputs decode again here)."""
     if task.plain:
         key = f"{task.seed}|{index}|{task.request.prompt or ''}|{task.model.id}"

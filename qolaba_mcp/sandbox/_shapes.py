@@ -1,4 +1,4 @@
-"""The sandbox's answers on the wire: errors, injected drops and cut-off bodies, model entries, NSFW flags."""
+"""The sandbox's answers on the wire: results and poll bodies in each shape, errors, injected drops, model entries."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ..api._catalog import ModelInfo
-from ._state import _nsfw_flags, _Task
+from ..api._catalog import CREDIT_USD, ModelInfo
+from ..api._wire import ImageOutput, Usage
+from ._state import Task, image_count, nsfw_flags, published
 
 
-def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+def error_response(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
 
 
-def _short(value: object) -> str:
+def short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _iso(timestamp: float) -> str:
+def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -33,7 +34,7 @@ class QuietInjectedDrops(logging.Filter):
         return "returned without completing response" not in record.getMessage()
 
 
-class _Disconnect(Response):
+class Disconnect(Response):
     """Starts a response and abandons it, so the client sees the connection drop mid-answer."""
 
     def __init__(self) -> None:
@@ -51,7 +52,7 @@ class _Disconnect(Response):
         # Returning now leaves the promised body unsent; uvicorn then closes the connection.
 
 
-def _malformed(status: int = 200, task_id: str | None = None) -> Response:
+def malformed(status: int = 200, task_id: str | None = None) -> Response:
     """A body cut off mid-JSON, as a proxy or a crashing server might send it."""
     body = f'{{"task_id": "{task_id}", "status": "PEND' if task_id else '{"task_id": "task_x", "status": PROCESS'
     return Response(body.encode(), status_code=status, media_type="application/json")
@@ -60,7 +61,7 @@ def _malformed(status: int = 200, task_id: str | None = None) -> Response:
 _PROVIDER_NAMES = {"vertex": "Google Vertex AI", "openai": "OpenAI", "fal": "fal.ai"}
 
 
-def _model_entry(model: ModelInfo) -> dict[str, Any]:
+def model_entry(model: ModelInfo) -> dict[str, Any]:
     """One model as ``GET /api/v1/images/models`` lists it; prices match what a generation is charged."""
     provider = model.id.partition("/")[0]
     entry: dict[str, Any] = {
@@ -88,10 +89,85 @@ def _model_entry(model: ModelInfo) -> dict[str, Any]:
     return entry
 
 
-def _nsfw_field(task: _Task) -> dict[str, list[bool]]:
+def nsfw_field(task: Task) -> dict[str, list[bool]]:
     """The flags as a top-level field, for the shapes that do not carry them in ``output``; none if none is set."""
-    return {} if task.nsfw == "none" else {"Has_NSFW_Content": _nsfw_flags(task)}
+    return {} if task.nsfw == "none" else {"Has_NSFW_Content": nsfw_flags(task)}
 
 
-def _rate_limited(retry_after: float) -> JSONResponse:
-    return _error(429, "Rate Limited", "Too many requests (sandbox fault).", retryAfter=retry_after)
+def rate_limited(retry_after: float) -> JSONResponse:
+    return error_response(429, "Rate Limited", "Too many requests (sandbox fault).", retryAfter=retry_after)
+
+
+def image_outputs(task: Task, base_url: str) -> list[ImageOutput]:
+    """The images a finished task shows, at this sandbox's own URLs."""
+    base = base_url.rstrip("/")
+    return [
+        ImageOutput(
+            url=f"{base}/_sandbox/images/{task.task_id}/{index}.png",
+            width=task.width,
+            height=task.height,
+            content_type="image/png",
+        )
+        for index in range(published(task))
+    ]
+
+
+def usage_of(task: Task) -> Usage:
+    credits = image_count(task) * task.model.credits_for(task.request.quality)
+    return Usage(images_generated=image_count(task), cost_usd=round(credits * CREDIT_USD, 6), cost_credits=credits)
+
+
+def result_body(task: Task, base_url: str) -> dict[str, Any]:
+    """A finished generation as a synchronous request receives it."""
+    return {
+        "task_id": task.task_id,
+        "prompt": task.request.prompt,
+        "seed": task.seed,
+        "images": [image.model_dump(mode="json") for image in image_outputs(task, base_url)],
+        "usage": usage_of(task).model_dump(mode="json"),
+    }
+
+
+def task_body(task: Task, base_url: str, now: float) -> dict[str, Any]:
+    """A task as a poll finds it at ``now``, in the task's poll shape."""
+    status = task.status(now)
+    backend = task.shape == "backend"
+    detail = "error_data" if backend else "error_detail"
+    body: dict[str, Any] = {
+        "task_id": task.task_id,
+        "type": "image",
+        "status": status,
+        "model": task.model.id,
+        "created_at": iso(task.created),
+        "progress": min(100, round(100 * (now - task.created) / task.latency)) if task.latency else 100,
+        "output": None,
+        "error": None,
+        detail: None,
+    }
+    if status == "FAILED":
+        body["completed_at"] = iso(task.created + task.latency)
+        body["error"] = "Generation Error" if backend else "Generation failed"
+        body[detail] = "The model returned no image (sandbox-injected failure)."
+    elif status == "SUCCESS":
+        body["completed_at"] = iso(task.created + task.latency)
+        result = result_body(task, base_url)
+        images = result["images"]
+        if backend:
+            urls = [image["url"] for image in images]
+            body["output"] = {
+                "result": urls,
+                "low_res_urls": [url.removesuffix(".png") + ".low.jpg" for url in urls],
+                "Has_NSFW_Content": nsfw_flags(task),
+            }
+            body.update(seed=result["seed"], usage=result["usage"])
+        elif task.shape == "output-object":
+            body["output"] = result
+        elif task.shape == "output-list":
+            body["output"] = images
+        elif task.shape == "output-urls":
+            body["output"] = [image["url"] for image in images]
+        else:
+            body.update(result)
+        if not backend:
+            body.update(nsfw_field(task))
+    return body

@@ -13,7 +13,7 @@ from ._config import FaultKind, Nsfw, PollShape, SandboxConfig
 
 
 @dataclass(frozen=True)
-class _Inputs:
+class Inputs:
     """A request's input images as image files (at most 16 + 14 + 1 of them, each at most MAX_INPUT_BYTES)."""
 
     sources: tuple[bytes, ...] = ()
@@ -22,7 +22,7 @@ class _Inputs:
 
 
 @dataclass
-class _Task:
+class Task:
     task_id: str
     request: GenerateRequest
     model: ModelInfo
@@ -34,7 +34,7 @@ class _Task:
     fails: bool
     shape: PollShape
     nsfw: Nsfw
-    inputs: _Inputs
+    inputs: Inputs
     plain: bool = False  # drawn as a cheap gradient (pictures="plain", no input images)
 
     def status(self, now: float) -> TaskStatus:
@@ -50,7 +50,7 @@ class SandboxState:
 
     config: SandboxConfig = field(default_factory=SandboxConfig)
     catalog: Catalog = field(default_factory=Catalog.builtin)
-    tasks: dict[str, _Task] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
     expired: set[str] = field(default_factory=set)  # ids of tasks forgotten after result_ttl
     counters: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
@@ -83,7 +83,7 @@ class SandboxState:
                 del self.tasks[task_id]
                 self.expired.add(task_id)
 
-    def find(self, task_id: str, now: float) -> _Task | str:
+    def find(self, task_id: str, now: float) -> Task | str:
         """The task, or why there is none: its id is unknown, or it has expired."""
         self.expire(now)
         task = self.tasks.get(task_id)
@@ -114,7 +114,7 @@ _COUNTERS = (
 )
 
 
-class _RenderCache:
+class RenderCache:
     """The last few files drawn, so that downloading an image again does not draw it again."""
 
     def __init__(self, *, entries: int = 16, max_bytes: int = 128 * 1024 * 1024) -> None:
@@ -140,16 +140,16 @@ class _RenderCache:
         self._files.clear()
 
 
-def _count(task: _Task) -> int:
+def image_count(task: Task) -> int:
     """How many images the task generated (and is charged for)."""
     return task.request.num_images or 1
 
 
-def _published(task: _Task) -> int:
+def published(task: Task) -> int:
     """How many of its images the task shows: none when the safety filter removed them all."""
-    return 0 if task.nsfw == "all" else _count(task)
+    return 0 if task.nsfw == "all" else image_count(task)
 
 
-def _nsfw_flags(task: _Task) -> list[bool]:
+def nsfw_flags(task: Task) -> list[bool]:
     """Whether the provider's safety filter flagged each image generated."""
-    return [task.nsfw == "all" or (task.nsfw == "some" and index == 0) for index in range(_count(task))]
+    return [task.nsfw == "all" or (task.nsfw == "some" and index == 0) for index in range(image_count(task))]
