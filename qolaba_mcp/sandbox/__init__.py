@@ -10,13 +10,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._app import Fault, Sandbox, SandboxConfig
+    from ._config import Fault, SandboxConfig
+    from ._routes import Sandbox
     from ._server import SandboxServer, serve
 
 _WHERE = {
-    "Fault": "._app",
-    "Sandbox": "._app",
-    "SandboxConfig": "._app",
+    "Fault": "._config",
+    "Sandbox": "._routes",
+    "SandboxConfig": "._config",
     "SandboxServer": "._server",
     "serve": "._server",
 }

@@ -11,7 +11,9 @@ from typing import Any, Self
 
 import uvicorn
 
-from ._app import QuietInjectedDrops, Sandbox, SandboxConfig
+from ._config import SandboxConfig
+from ._routes import Sandbox
+from ._shapes import QuietInjectedDrops
 
 
 def _quiet_injected_drops() -> None:

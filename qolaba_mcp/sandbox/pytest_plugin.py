@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def qolaba_sandbox(request: pytest.FixtureRequest) -> Iterator[SandboxServer]:
-    from ._app import SandboxConfig  # imported here: loading this plugin must stay free
+    from ._config import SandboxConfig  # imported here: loading this plugin must stay free
     from ._server import SandboxServer
 
     marker = request.node.get_closest_marker("qolaba_sandbox")
