@@ -67,6 +67,27 @@ class _Stop(Exception):
     """Nothing more can be done for this image; the message is its note."""
 
 
+class _Gathered:
+    """A download's chunks written to its file ``SPOOL_BYTES`` at a time: a thread hop per piece, not per chunk."""
+
+    def __init__(self, file: IO[bytes], limiter: anyio.CapacityLimiter) -> None:
+        self._file, self._limiter = file, limiter
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= SPOOL_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks, self._size = [], 0
+            await anyio.to_thread.run_sync(self._file.write, data, limiter=self._limiter)
+
+
 def default_data_dir() -> Path:
     """A per-user data folder: %LOCALAPPDATA% on Windows, Application Support on macOS, XDG elsewhere."""
     home = Path.home()
@@ -391,11 +412,12 @@ class Delivery:
 
     async def _download(self, url: str, file: IO[bytes], label: str, index: int, *, saving: bool) -> str:
         """Stream the image into ``file`` under a process-wide download slot; its real type."""
+        out = _Gathered(file, self._files)
         try:
             async with self._downloads:
-                return await _fetch.fetch(
-                    self._http, url, anyio.wrap_file(file, limiter=self._files).write, self._rules()
-                )
+                kind = await _fetch.fetch(self._http, url, out.write, self._rules())
+                await out.flush()
+                return kind
         except IncompleteImage as exc:
             raise _Stop(f"{label}: {exc.message}; not saved or previewed") from None
         except DownloadError as exc:
