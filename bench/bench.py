@@ -403,13 +403,14 @@ async def batch(
             ledger=ledger_file(f"crowd-{time.time_ns()}") if defaults else "off",
         )
         async with Client(params) as client:
-            pid = child_pid(QOLABA_MARKER)
-            cpu_before = cpu_seconds(pid)
+            # measured only for a batch running alone: the lag scenario runs several servers at once
+            pid = child_pid(QOLABA_MARKER) if measure_memory else None
+            cpu_before = cpu_seconds(pid) if pid is not None else 0.0
             async with anyio.create_task_group() as group:
                 for _ in range(n):
                     group.start_soon(async_call, client, sandbox, calls, extra)
-            cpu = cpu_seconds(pid) - cpu_before
-            peak = memory_kb(pid, "VmHWM") if measure_memory else None
+            cpu = cpu_seconds(pid) - cpu_before if pid is not None else None
+            peak = memory_kb(pid, "VmHWM") if pid is not None else None
         floor = floor_wall = None
         if isinstance(sandbox, PreDrawnSandbox):
             pngs = [png for drawn in sandbox.pngs.values() for png in drawn]
