@@ -42,7 +42,12 @@ import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextResourceContents
-from predrawn import PreDrawnSandbox, pillow_floor, pillow_floor_wall  # bench/, first on sys.path when run as a script
+from predrawn import (
+    PreDrawnSandbox,
+    delivery_cpu,
+    pillow_floor,
+    pillow_floor_wall,
+)  # bench/, first on sys.path when run as a script
 
 from qolaba_mcp.ledger import LedgerRow, open_ledger, principal_of
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
@@ -371,6 +376,7 @@ class Batch:
     floor_s: float | None = None  # Pillow's CPU per preview of the same PNGs (defaults only: the images are pre-drawn)
     floor_wall_s: float | None = None  # wall for as many Pillow previews as images delivered, on every core
     served: int = 0  # pre-drawn PNGs downloaded
+    delivery_s: float | None = None  # CPU per image of Delivery alone, in the benchmark process, on the same PNGs
 
     @property
     def ok(self) -> list[AsyncCall]:
@@ -411,17 +417,18 @@ async def batch(
                     group.start_soon(async_call, client, sandbox, calls, extra)
             cpu = cpu_seconds(pid) - cpu_before if pid is not None else None
             peak = memory_kb(pid, "VmHWM") if pid is not None else None
-        floor = floor_wall = None
+        floor = floor_wall = alone = None
+        served = sandbox.served if isinstance(sandbox, PreDrawnSandbox) else 0  # by the crowd alone
         if isinstance(sandbox, PreDrawnSandbox):
             pngs = [png for drawn in sandbox.pngs.values() for png in drawn]
             floor = pillow_floor(pngs)
             floor_wall = pillow_floor_wall(pngs, sum(c.previews for c in calls), cores())
+            alone = await delivery_cpu(sandbox, Path(folder) / "alone", DELIVERY_CALLS, num_images or 1)
     recorded = None
     if defaults:  # every write landed (a "database is locked" would leave a row behind)
         with closing(sqlite3.connect(params.env["QOLABA_LEDGER_URL"].removeprefix("sqlite:///"))) as db:  # type: ignore[index]
             recorded = db.execute("SELECT count(*) FROM generations WHERE state = 'succeeded'").fetchone()[0]
-    served = sandbox.served if isinstance(sandbox, PreDrawnSandbox) else 0
-    return Batch(latency, calls, peak, num_images or 1, defaults, recorded, cpu, floor, floor_wall, served)
+    return Batch(latency, calls, peak, num_images or 1, defaults, recorded, cpu, floor, floor_wall, served, alone)
 
 
 async def completion_lag(plan: Plan) -> list[Batch]:
@@ -795,6 +802,7 @@ def crowd_rows(crowd: Batch) -> list[Row]:
     ]
 
 
+DELIVERY_CALLS = 25  # concurrent deliveries when Delivery is measured alone, in the benchmark process
 CPU_TARGET = 1.3  # server CPU per delivered image over Pillow's own preview of it
 CROWD_TARGET = 1.5  # the crowd's wall over its slowest task, over what Pillow's floor needs on this machine's cores
 
@@ -823,6 +831,9 @@ def delivery_rows(crowd: Batch) -> list[Row]:
     return [
         Row(f"{label}: server CPU per delivered image (vs Pillow's preview of the same PNG)", ms(per_image),
             ms(floor), f"{per_image / floor:.2f}x", f"<= {CPU_TARGET:g}x", verdict(per_image <= CPU_TARGET * floor)),
+        *([Row(f"{label}: of which Delivery alone, CPU per image (in the benchmark process, same PNGs)",
+               ms(crowd.delivery_s), ms(floor), f"{crowd.delivery_s / floor:.2f}x", "-", "info")]
+          if crowd.delivery_s else []),
         Row(f"{label}: wall over slowest task (vs Pillow's floor for {images} images on {cores()} cores)",
             f"{over:+.2f} s", f"{predicted:.2f} s", f"{over / predicted:.2f}x", f"<= {CROWD_TARGET:g}x",
             verdict(over <= CROWD_TARGET * predicted)),
@@ -931,6 +942,14 @@ def details(res: Results) -> str:
                     f"wall (what the floor gets of the cores under the machine's load). Cores in use on average: "
                     f"the server {crowd.cpu_s / wall:.2f} over the whole crowd, "
                     f"the floor run {images * floor / (crowd.floor_wall_s or math.inf):.2f}"
+                )
+            if figures is not None and crowd.delivery_s is not None:
+                out.append(
+                    f"  Delivery alone (qolaba_mcp.images' `Delivery` in the benchmark process, {DELIVERY_CALLS} "
+                    f"concurrent {crowd.num_images}-image deliveries of the same PNGs, previews on and files saved; "
+                    f"process CPU less the sandbox thread's): {ms(crowd.delivery_s)} per image, "
+                    f"{crowd.delivery_s / figures[2]:.2f}x the floor; the rest of the server's figure is the MCP "
+                    f"path (protocol, polls, results, ledger)"
                 )
             if crowd.defaults:
                 out.append(

@@ -10,18 +10,23 @@ nothing is drawn while it is timed. ``pillow_floor`` is Pillow's own cost of a p
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import httpx2
 import uvicorn
 from PIL import Image
 from starlette.types import Receive, Scope, Send
 
+from qolaba_mcp.api._wire import ImageOutput
+from qolaba_mcp.images._delivery import Delivery
 from qolaba_mcp.sandbox import Sandbox, SandboxConfig
 
 IMAGE_PATH = re.compile(r"/_sandbox/images/([^/]+)/([0-9]{1,6})\.png")
@@ -78,6 +83,12 @@ class PreDrawnSandbox:
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         self._draw()
         return self
+
+    def thread_cpu(self) -> float:
+        """CPU seconds the thread serving this sandbox has used, from /proc (it shares this process)."""
+        assert self._thread is not None and self._thread.native_id is not None
+        fields = Path(f"/proc/self/task/{self._thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _draw(self) -> None:
         """One real generation of the model's default size, its images downloaded (drawn) now, kept to serve."""
@@ -140,3 +151,24 @@ def pillow_floor_wall(pngs: list[bytes], images: int, threads: int) -> float:
         for _ in pool.map(preview_floor, (pngs[i % len(pngs)] for i in range(images))):
             pass
     return time.perf_counter() - started
+
+
+async def delivery_cpu(sandbox: PreDrawnSandbox, folder: Path, calls: int, images: int) -> float:
+    """CPU seconds per image of qolaba-mcp's Delivery alone, in this process: ``calls`` concurrent deliveries of
+    ``images`` pre-drawn images each, previews on and files saved, less the CPU of the thread serving them."""
+    task = next(iter(sandbox.sandbox.state.tasks.values()))  # the pre-drawing generation: finished, right size
+    urls = [f"{sandbox.base_url}/_sandbox/images/{task.task_id}/{index}.png" for index in range(images)]
+    outputs = [ImageOutput(url=url, width=task.width, height=task.height, content_type="image/png") for url in urls]
+    async with Delivery(output_dir=folder, allow_private=True) as delivery:
+
+        async def one(call: int) -> None:
+            delivered = await delivery.deliver(f"bench-{call}", outputs, save=True)
+            if len(delivered.previews) != images or delivered.notes:
+                raise RuntimeError(f"delivery alone: {delivered.notes}")
+
+        await one(-1)  # warms the client, its connections and Pillow's plugins
+        started, serving = time.process_time(), sandbox.thread_cpu()
+        async with anyio.create_task_group() as group:
+            for call in range(calls):
+                group.start_soon(one, call)
+        return (time.process_time() - started - (sandbox.thread_cpu() - serving)) / (calls * images)
