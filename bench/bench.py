@@ -8,8 +8,10 @@ bench/floor_server.py (a bare SDK server with one echo tool: the floor no Python
 synchronous generation, a direct HTTP POST to the same sandbox. Sandboxes run in this process on background
 threads; servers run with QOLABA_SAVE=off and QOLABA_PREVIEW=off, so the figures are the protocol path, not
 image handling, except the second crowd: 4-image calls with the defaults (previews on, files saved), whose peak
-memory is what a desktop user gets. Prints a table and writes it, with per-scenario details, to BENCHMARKS.md
-(a run with --only writes nothing unless --out is given: a partial report must not replace the full one).
+memory is what a desktop user gets; its sandbox serves images drawn before the clock starts (bench/predrawn.py), and
+its server CPU per image and its wall are set against Pillow's own preview of the same PNGs, measured in the run.
+Prints a table and writes it, with per-scenario details, to BENCHMARKS.md (a run with --only writes nothing unless
+--out is given: a partial report must not replace the full one).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextResourceContents
+from predrawn import (
+    PreDrawnSandbox,
+    delivery_cpu,
+    pillow_floor,
+    pillow_floor_wall,
+)  # bench/, first on sys.path when run as a script
 
 from qolaba_mcp.ledger import LedgerRow, open_ledger, principal_of
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
@@ -188,6 +196,12 @@ def memory_kb(pid: int, key: str) -> int:
     raise RuntimeError(f"{key} not found for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (/proc/<pid>/stat utime and stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def check(result: CallToolResult, what: str) -> dict[str, Any]:
     """The structured result of a call that must have succeeded."""
     if result.is_error:
@@ -305,7 +319,10 @@ class AsyncCall:
 
 
 async def async_call(
-    client: Client, sandbox: SandboxServer, calls: list[AsyncCall], extra: dict[str, Any] | None = None
+    client: Client,
+    sandbox: SandboxServer | PreDrawnSandbox,
+    calls: list[AsyncCall],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """One async generate_image; its outcome is recorded, never raised, so one failure stops no other call."""
     notifications = 0
@@ -355,6 +372,11 @@ class Batch:
     num_images: int = 1
     defaults: bool = False  # previews on and files saved, rather than both off
     recorded: int | None = None  # ledger rows that ended "succeeded" (defaults only: the ledger is on)
+    cpu_s: float | None = None  # the server process's CPU time from its first call to its last result
+    floor_s: float | None = None  # Pillow's CPU per preview of the same PNGs (defaults only: the images are pre-drawn)
+    floor_wall_s: float | None = None  # wall for as many Pillow previews as images delivered, on every core
+    served: int = 0  # pre-drawn PNGs downloaded
+    delivery_s: float | None = None  # CPU per image of Delivery alone, in the benchmark process, on the same PNGs
 
     @property
     def ok(self) -> list[AsyncCall]:
@@ -373,26 +395,40 @@ async def batch(
     """n concurrent generate_image calls through one server process, against a sandbox of its own.
 
     ``defaults``: the server keeps its default settings (previews on, files saved in a throwaway folder, the ledger
-    on in a file of this run's).
+    on in a file of this run's), and the sandbox serves pictures it drew before the clock started, so the figures
+    are our delivery, not the sandbox drawing on the same cores; Pillow's floor is then measured on those PNGs.
     """
     calls: list[AsyncCall] = []
     extra = {} if num_images is None else {"num_images": num_images}
-    with SandboxServer(SandboxConfig(latency=latency)) as sandbox, tempfile.TemporaryDirectory() as folder:
+    config = SandboxConfig(latency=latency)
+    sandbox = PreDrawnSandbox(config, model=MODEL, images=num_images or 1) if defaults else SandboxServer(config)
+    with sandbox, tempfile.TemporaryDirectory() as folder:
         params = qolaba_params(
             sandbox.base_url,
             output_dir=folder if defaults else None,
             ledger=ledger_file(f"crowd-{time.time_ns()}") if defaults else "off",
         )
         async with Client(params) as client:
+            # measured only for a batch running alone: the lag scenario runs several servers at once
+            pid = child_pid(QOLABA_MARKER) if measure_memory else None
+            cpu_before = cpu_seconds(pid) if pid is not None else 0.0
             async with anyio.create_task_group() as group:
                 for _ in range(n):
                     group.start_soon(async_call, client, sandbox, calls, extra)
-            peak = memory_kb(child_pid(QOLABA_MARKER), "VmHWM") if measure_memory else None
+            cpu = cpu_seconds(pid) - cpu_before if pid is not None else None
+            peak = memory_kb(pid, "VmHWM") if pid is not None else None
+        floor = floor_wall = alone = None
+        served = sandbox.served if isinstance(sandbox, PreDrawnSandbox) else 0  # by the crowd alone
+        if isinstance(sandbox, PreDrawnSandbox):
+            pngs = [png for drawn in sandbox.pngs.values() for png in drawn]
+            floor = pillow_floor(pngs)
+            floor_wall = pillow_floor_wall(pngs, sum(c.previews for c in calls), cores())
+            alone = await delivery_cpu(sandbox, Path(folder) / "alone", DELIVERY_CALLS, num_images or 1)
     recorded = None
     if defaults:  # every write landed (a "database is locked" would leave a row behind)
         with closing(sqlite3.connect(params.env["QOLABA_LEDGER_URL"].removeprefix("sqlite:///"))) as db:  # type: ignore[index]
             recorded = db.execute("SELECT count(*) FROM generations WHERE state = 'succeeded'").fetchone()[0]
-    return Batch(latency, calls, peak, num_images or 1, defaults, recorded)
+    return Batch(latency, calls, peak, num_images or 1, defaults, recorded, cpu, floor, floor_wall, served, alone)
 
 
 async def completion_lag(plan: Plan) -> list[Batch]:
@@ -762,7 +798,49 @@ def crowd_rows(crowd: Batch) -> list[Row]:
             if crowd.recorded is not None
             else []
         ),
+        *delivery_rows(crowd),
     ]
+
+
+DELIVERY_CALLS = 25  # concurrent deliveries when Delivery is measured alone, in the benchmark process
+CPU_TARGET = 1.3  # server CPU per delivered image over Pillow's own preview of it
+CROWD_TARGET = 1.5  # the crowd's wall over its slowest task, over what Pillow's floor needs on this machine's cores
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def delivery_figures(crowd: Batch) -> tuple[int, float, float, float] | None:
+    """(images delivered, server CPU s per image, Pillow floor s per image, floor s for them all on every core)."""
+    images = sum(c.previews for c in crowd.calls)
+    if crowd.cpu_s is None or crowd.floor_s is None or not images:
+        return None
+    return images, crowd.cpu_s / images, crowd.floor_s, images * crowd.floor_s / cores()
+
+
+def delivery_rows(crowd: Batch) -> list[Row]:
+    """The defaults crowd against Pillow's floor on the same PNGs: CPU per image, and wall for them all."""
+    figures = delivery_figures(crowd)
+    if figures is None:
+        return []
+    images, per_image, floor, predicted = figures
+    wall, slowest = crowd_times(crowd)
+    over = wall - slowest
+    label = crowd_label(crowd)
+    return [
+        Row(f"{label}: server CPU per delivered image (vs Pillow's preview of the same PNG)", ms(per_image),
+            ms(floor), f"{per_image / floor:.2f}x", f"<= {CPU_TARGET:g}x", verdict(per_image <= CPU_TARGET * floor)),
+        *([Row(f"{label}: of which Delivery alone, CPU per image (in the benchmark process, same PNGs)",
+               ms(crowd.delivery_s), ms(floor), f"{crowd.delivery_s / floor:.2f}x", "-", "info")]
+          if crowd.delivery_s else []),
+        Row(f"{label}: wall over slowest task (vs Pillow's floor for {images} images on {cores()} cores)",
+            f"{over:+.2f} s", f"{predicted:.2f} s", f"{over / predicted:.2f}x", f"<= {CROWD_TARGET:g}x",
+            verdict(over <= CROWD_TARGET * predicted)),
+        *([Row(f"{label}: wall over slowest task (vs that floor run now on {cores()} threads, under this load)",
+               f"{over:+.2f} s", f"{crowd.floor_wall_s:.2f} s", f"{over / crowd.floor_wall_s:.2f}x", "-", "info")]
+          if crowd.floor_wall_s else []),
+    ]  # fmt: skip
 
 
 def crowd_times(crowd: Batch) -> tuple[float, float]:
@@ -832,15 +910,47 @@ def details(res: Results) -> str:
         out.append(
             f"Concurrent async `generate_image` calls (`wait_seconds: {WAIT_SECONDS}`) through one qolaba-mcp "
             f"process, twice: first with previews and files off (the protocol path), then {p.crowd_images}-image "
-            f"calls with the server's default image settings (a JPEG preview of each image, each file saved). "
+            f"calls with the server's default image settings (a JPEG preview of each image, each file saved, the "
+            f"ledger on), against a sandbox serving {p.crowd_images} PNGs it drew for the model's default size before "
+            f"the clock started (`bench/predrawn.py`), so no drawing shares the cores with delivery. "
             f"Wall = first call start -> last result; slowest task = first call start -> the last task's "
-            f"completion in the sandbox (created + latency).\n"
+            f"completion in the sandbox (created + latency). Server CPU = utime + stime of the server process from "
+            f"/proc, from its first call to its last result, protocol, polls and ledger included; per delivered "
+            f"image, it is set against Pillow's floor measured in the benchmark process on the same PNGs after the "
+            f"crowd (open, draft, decode, reduce to long side 512 with `reducing_gap=2.0`, one JPEG at quality 80, "
+            f"thread CPU time); the floor for all images is that times the images over the cores.\n"
         )
         for crowd in res.crowds:
             wall, slowest = crowd_times(crowd)
             out.append(f"- {crowd_label(crowd)}, sandbox latency {crowd.latency:g} s:")
             out.append(f"  wall {wall:.2f} s, slowest task {slowest:.2f} s, difference {wall - slowest:+.2f} s")
             out.append(f"  peak RSS of the server process (VmHWM): {mb(crowd.peak_rss_kb or 0)}")
+            if crowd.cpu_s is not None:
+                out.append(
+                    f"  CPU time of the server process: {crowd.cpu_s:.2f} s "
+                    f"({ms(crowd.cpu_s / len(crowd.calls))} per call)"
+                )
+            figures = delivery_figures(crowd)
+            if figures is not None:
+                images, per_image, floor, predicted = figures
+                out.append(
+                    f"  pre-drawn PNGs served {crowd.served}; server CPU per delivered image {ms(per_image)} against "
+                    f"Pillow's floor {ms(floor)} ({per_image / floor:.2f}x); the floor for {images} images on "
+                    f"{cores()} cores: {predicted:.2f} s, wall over slowest task {wall - slowest:+.2f} s "
+                    f"({(wall - slowest) / predicted:.2f}x); the same {images} Pillow previews run on {cores()} "
+                    f"threads in the benchmark process right after the crowd took {crowd.floor_wall_s or 0:.2f} s of "
+                    f"wall (what the floor gets of the cores under the machine's load). Cores in use on average: "
+                    f"the server {crowd.cpu_s / wall:.2f} over the whole crowd, "
+                    f"the floor run {images * floor / (crowd.floor_wall_s or math.inf):.2f}"
+                )
+            if figures is not None and crowd.delivery_s is not None:
+                out.append(
+                    f"  Delivery alone (qolaba_mcp.images' `Delivery` in the benchmark process, {DELIVERY_CALLS} "
+                    f"concurrent {crowd.num_images}-image deliveries of the same PNGs, previews on and files saved; "
+                    f"process CPU less the sandbox thread's): {ms(crowd.delivery_s)} per image, "
+                    f"{crowd.delivery_s / figures[2]:.2f}x the floor; the rest of the server's figure is the MCP "
+                    f"path (protocol, polls, results, ledger)"
+                )
             if crowd.defaults:
                 out.append(
                     f"  previews {sum(c.previews for c in crowd.calls)}, files saved "

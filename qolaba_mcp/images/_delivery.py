@@ -13,7 +13,6 @@ saved late, and on leaving gives those saves ``shutdown_grace`` seconds before c
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Literal, Self
+from typing import IO, Self
 
 import anyio
 import httpx2
@@ -34,21 +33,18 @@ from ..api._wire import ImageOutput
 from . import _fetch
 from ._fetch import DownloadError, IncompleteImage
 
-if TYPE_CHECKING:
-    from PIL import Image
+# NoPreview and make_preview are imported from here too; tests patch make_preview in this module
+from ._previews import MAX_PIXELS, PreviewMode, as_png
+from ._previews import NoPreview as NoPreview
+from ._previews import make_preview as make_preview
 
 log = logging.getLogger("qolaba_mcp.delivery")
 
-PreviewMode = Literal["on", "off", "full"]
 # (index, path): an image saved after the call that asked for it returned
 SavedFn = Callable[[int, str], Awaitable[None]]
-PREVIEW_LONG_SIDE = 512
-MAX_PIXELS = 40_000_000
 SPOOL_BYTES = 256 * 1024  # a download waiting for its preview stays in memory up to this size, on disk beyond
 PER_CALL = 4  # one result's images fetched at once: a large result cannot take every download slot
-UNDECODABLE = "cannot decode: not a supported image"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
-_PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 
 
 @dataclass(frozen=True)
@@ -71,12 +67,25 @@ class _Stop(Exception):
     """Nothing more can be done for this image; the message is its note."""
 
 
-class NoPreview(Exception):
-    """Why an image has no preview. ``undecodable``: the bytes are not a whole, usable image."""
+class _Gathered:
+    """A download's chunks written to its file ``SPOOL_BYTES`` at a time: a thread hop per piece, not per chunk."""
 
-    def __init__(self, reason: str, *, undecodable: bool = False) -> None:
-        super().__init__(reason)
-        self.undecodable = undecodable
+    def __init__(self, file: IO[bytes], limiter: anyio.CapacityLimiter) -> None:
+        self._file, self._limiter = file, limiter
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= SPOOL_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks, self._size = [], 0
+            await anyio.to_thread.run_sync(self._file.write, data, limiter=self._limiter)
 
 
 def default_data_dir() -> Path:
@@ -403,11 +412,12 @@ class Delivery:
 
     async def _download(self, url: str, file: IO[bytes], label: str, index: int, *, saving: bool) -> str:
         """Stream the image into ``file`` under a process-wide download slot; its real type."""
+        out = _Gathered(file, self._files)
         try:
             async with self._downloads:
-                return await _fetch.fetch(
-                    self._http, url, anyio.wrap_file(file, limiter=self._files).write, self._rules()
-                )
+                kind = await _fetch.fetch(self._http, url, out.write, self._rules())
+                await out.flush()
+                return kind
         except IncompleteImage as exc:
             raise _Stop(f"{label}: {exc.message}; not saved or previewed") from None
         except DownloadError as exc:
@@ -431,93 +441,3 @@ class Delivery:
             f"could not save image {index + 1} in {self.output_dir} ({exc.strerror or exc}); "
             "set QOLABA_OUTPUT_DIR to a folder this server can write"
         )
-
-
-def make_preview(
-    source: bytes | IO[bytes], kind: str, budget: int, mode: PreviewMode, *, max_pixels: int = MAX_PIXELS
-) -> tuple[bytes, str]:
-    """The original bytes (mode "full", when they fit) or a JPEG/WebP of long side <= 512 px within budget.
-
-    Raises NoPreview with the reason, written to follow "image N: ".
-    """
-    file = io.BytesIO(source) if isinstance(source, bytes) else source
-    size = file.seek(0, os.SEEK_END)
-    with _open(file, kind, max_pixels) as picture:
-        if mode == "full" and size <= budget:  # only a sniffed, allow-listed, openable image is inlined as is
-            file.seek(0)
-            return file.read(), kind
-        alpha = picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info
-        small = _decode_small(picture, "RGBA" if alpha else "RGB")
-        side = PREVIEW_LONG_SIDE
-        while side >= 64:
-            small.thumbnail((side, side))
-            for quality in (80, 65, 50, 35):
-                out = io.BytesIO()
-                # WebP keeps transparency (a removed background); JPEG is what every host shows.
-                small.save(out, format="WEBP" if alpha else "JPEG", quality=quality)
-                if out.tell() <= budget:
-                    return out.getvalue(), "image/webp" if alpha else "image/jpeg"
-            side = int(side * 0.7)
-    raise NoPreview(f"no preview fits {budget} bytes")
-
-
-def _open(file: IO[bytes], kind: str, max_pixels: int) -> Image.Image:
-    """The image opened (header only) by the one Pillow plugin for its sniffed type; too many pixels refused.
-
-    Naming the format means Pillow never tries another plugin on host-supplied bytes (EPS would start
-    Ghostscript), and importing the four plugins here spares it loading all the others.
-    """
-    from PIL import GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
-
-    file.seek(0)
-    if kind not in _PILLOW_FORMATS or _fetch.sniff(file.read(16)) != kind:
-        raise NoPreview(UNDECODABLE, undecodable=True)
-    file.seek(0)
-    try:
-        picture = Image.open(file, formats=[_PILLOW_FORMATS[kind]])
-    except Image.DecompressionBombError:  # beyond twice Pillow's own global limit, which it checks first
-        raise NoPreview(f"no preview: its declared size is over the {max_pixels / 1e6:g}-megapixel limit") from None
-    except Exception as exc:
-        raise NoPreview(UNDECODABLE, undecodable=True) from exc
-    width, height = picture.size
-    if width * height > max_pixels:  # checked on the declared size, before a single pixel is decoded
-        picture.close()
-        raise NoPreview(f"no preview: {width}x{height} pixels is over the {max_pixels / 1e6:g}-megapixel limit")
-    return picture
-
-
-def _decode_small(picture: Image.Image, target: str) -> Image.Image:
-    """The picture decoded, reduced to the preview's size in the target mode, never at full size in colour."""
-    from PIL import Image
-
-    side = PREVIEW_LONG_SIDE
-    picture.draft("RGB", (side, side))  # JPEG decodes at 1/2 to 1/8 scale, never below the asked size
-    try:
-        picture.load()
-        if picture.mode not in ("L", "LA", "RGB", "RGBA"):
-            if max(picture.size) > 2 * side:
-                # Palette and odd modes resize only roughly: shrink first, so the colour copy is small.
-                scale = 2 * side / max(picture.size)
-                size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-                picture = picture.resize(size, Image.Resampling.NEAREST)
-            picture = picture.convert(target)
-        # reduce() by whole factors first: fast, little memory, and fair once the last step is under 2x.
-        picture.thumbnail((side, side), reducing_gap=2.0)
-        return picture if picture.mode == target else picture.convert(target)
-    except Exception as exc:  # truncated or corrupt data: not a usable image
-        log.info("cannot decode an image: %s", exc)
-        raise NoPreview(UNDECODABLE, undecodable=True) from exc
-
-
-def as_png(data: bytes, *, max_pixels: int = MAX_PIXELS) -> bytes:
-    """A PNG, JPEG, WebP or GIF image re-encoded as PNG; anything else, or too large, is a DownloadError."""
-    kind = _fetch.sniff(data[:16])
-    try:
-        with _open(io.BytesIO(data), kind or "", max_pixels) as picture:
-            out = io.BytesIO()
-            picture.save(out, format="PNG")
-    except NoPreview as exc:
-        raise DownloadError(str(exc).removeprefix("no preview: ")) from None
-    except Exception as exc:
-        raise DownloadError(UNDECODABLE) from exc
-    return out.getvalue()
