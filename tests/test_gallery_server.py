@@ -148,7 +148,7 @@ async def test_the_page_is_served_as_an_mcp_app_declaring_no_domains(sandbox: Sa
 
 def test_the_page_loads_nothing_from_anywhere() -> None:
     html = HTML_FILE.read_text(encoding="utf-8")
-    assert len(html.encode()) <= 40 * 1024
+    assert len(html.encode()) <= 48 * 1024  # issue 22: the second version stays within 48 KB
     assert not re.search(r"(?i)https?://", html)  # no URL of any kind: nothing to load, nothing to link
     assert not re.search(r"(?i)<script[^>]*\ssrc\s*=", html)
     assert not re.search(r"(?i)<link\b|@import|url\(|<iframe|<object|<embed|<base\b", html)

@@ -43,6 +43,17 @@ CHROMIUM_ARGS = (
     "--disable-sync",
 )
 
+# Everything the host page can do for an app; a test leaves out what a host without it would.
+HOST_CAPABILITIES: dict[str, Any] = {
+    "serverTools": {},
+    "openLinks": {},
+    "downloadFile": {},
+    "logging": {},
+    "message": {"text": {}},
+    "updateModelContext": {"text": {}},
+}
+SERIOUS = ("serious", "critical")
+
 CallTool = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -123,7 +134,7 @@ class AppHost:
     @classmethod
     @asynccontextmanager
     async def open(cls, browser: Browser, url: str, call_tool: CallTool) -> AsyncIterator[AppHost]:
-        context = await browser.new_context(viewport={"width": 752, "height": 900})
+        context = await browser.new_context(viewport={"width": 752, "height": 900}, reduced_motion="reduce")
         try:
             host = cls(await context.new_page(), call_tool)
             await host._start(url)
@@ -148,9 +159,21 @@ class AppHost:
             raise PermissionError("qolabaCallTool is the host page's, not the app's")
         return await self.call_tool(name, arguments)
 
-    async def mount(self, html: str, *, meta: dict[str, Any] | None = None, tool: Tool | None = None) -> dict[str, Any]:
-        """Mount the app (light theme) and finish the ui/initialize handshake; the app's name, version, capabilities."""
-        context: dict[str, Any] = {
+    async def mount(
+        self,
+        html: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        tool: Tool | None = None,
+        capabilities: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Mount the app and finish the ui/initialize handshake; the app's name, version, capabilities.
+
+        By default a light, inline, 720 px host offering everything (HOST_CAPABILITIES); ``tool`` becomes the
+        context's ``toolInfo`` (left out without it), ``context`` overrides fields of the host context.
+        """
+        full: dict[str, Any] = {
             "theme": "light",
             "displayMode": "inline",
             "availableDisplayModes": ["inline"],
@@ -159,8 +182,14 @@ class AppHost:
             "containerDimensions": {"width": 720, "maxHeight": 2000},
         }
         if tool is not None:
-            context["toolInfo"] = {"tool": tool.model_dump(mode="json", by_alias=True, exclude_none=True)}
-        arguments = {"html": html, "meta": meta or {}, "context": context}
+            full["toolInfo"] = {"tool": tool.model_dump(mode="json", by_alias=True, exclude_none=True)}
+        full.update(context or {})
+        arguments = {
+            "html": html,
+            "meta": meta or {},
+            "context": full,
+            "capabilities": HOST_CAPABILITIES if capabilities is None else capabilities,
+        }
         mounted: dict[str, Any] = await self.page.evaluate("(a) => host.mount(a)", arguments)
         return mounted
 
@@ -171,7 +200,15 @@ class AppHost:
         await self.page.evaluate("(r) => host.toolResult(r)", result)
 
     async def set_theme(self, theme: str) -> None:
-        await self.page.evaluate("(theme) => host.setHostContext({theme})", theme)
+        await self.set_context({"theme": theme})
+
+    async def set_context(self, changes: dict[str, Any]) -> None:
+        await self.page.evaluate("(changes) => host.setHostContext(changes)", changes)
+
+    async def timed_tool_result(self, result: dict[str, Any]) -> float:
+        """Sends the result; when (ms since the epoch) it was sent."""
+        sent: float = await self.page.evaluate("(r) => host.timedToolResult(r)", result)
+        return sent
 
     async def log(self) -> list[dict[str, Any]]:
         """Every request the app made of the host, in order: {method, params}."""
@@ -182,6 +219,21 @@ class AppHost:
         """The arguments of every tools/call the app made for ``name``."""
         calls = [entry["params"] for entry in await self.log() if entry["method"] == "tools/call"]
         return [call.get("arguments", {}) for call in calls if call["name"] == name]
+
+    async def requests(self, method: str) -> list[dict[str, Any]]:
+        """The params of every request ``method`` the app made of the host."""
+        return [entry["params"] for entry in await self.log() if entry["method"] == method]
+
+    async def axe(self) -> list[dict[str, Any]]:
+        """The serious and critical violations axe-core finds in the app as it is now (id, impact, nodes)."""
+        app = await self.app()
+        if not await app.evaluate("() => typeof window.axe === 'object'"):
+            await app.add_script_tag(content=(host_dir() / "node_modules" / "axe-core" / "axe.min.js").read_text())
+        found: list[dict[str, Any]] = await app.evaluate(
+            """async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+                .map((v) => ({id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" "))}))"""
+        )
+        return [violation for violation in found if violation["impact"] in SERIOUS]
 
     async def app(self) -> Frame:
         """The app's frame, for locators and evaluate."""
