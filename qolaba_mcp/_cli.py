@@ -209,13 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spend(*, as_json: bool) -> int:
-    from .server._server import spend_text
+    from ._reports import spend_text
 
     return _print_report(lambda settings: spend_text(settings, as_json))
 
 
 def _history(*, search: str | None, limit: int) -> int:
-    from .server._server import history_table
+    from ._reports import history_table
 
     return _print_report(lambda settings: history_table(settings, search, max(1, min(limit, 200))))
 
