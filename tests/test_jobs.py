@@ -10,7 +10,7 @@ import pytest
 from qolaba_mcp._errors import NetworkError, RateLimitError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._runner import Jobs, PollPolicy, RetryPolicy, _Forecast, _Progress
+from qolaba_mcp.generations._runner import PollPolicy, RetryPolicy, Runner, _Forecast, _Progress
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +77,7 @@ def request() -> GenerateRequest:
 async def test_submission_retried_on_429_only_as_often_as_allowed(qolaba_sandbox: SandboxServer) -> None:
     qolaba_sandbox.configure(faults=[Fault(kind="rate_limit", rate=1, on="submit")], retry_after=0.05)
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        jobs = Jobs(client=client, retry=RetryPolicy(submit_attempts=4, base_backoff=0.01))
+        jobs = Runner(client=client, retry=RetryPolicy(submit_attempts=4, base_backoff=0.01))
         with pytest.raises(RateLimitError):
             await jobs.generate(request(), wait_seconds=5)
     assert qolaba_sandbox.stats()["submit_requests"] == 4
@@ -89,7 +89,7 @@ async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer,
     qolaba_sandbox.configure(faults=[Fault(kind=kind, rate=1, on="submit")])  # type: ignore[arg-type]
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
         with pytest.raises(NetworkError) as caught:
-            await Jobs(client=client).generate(request(), wait_seconds=5)
+            await Runner(client=client).generate(request(), wait_seconds=5)
     assert caught.value.request_sent
     stats = qolaba_sandbox.stats()
     assert stats["submit_requests"] == 1 and stats["submissions"] == created
@@ -99,7 +99,7 @@ async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer,
 async def test_garbled_submission_answer_is_followed_not_resubmitted(qolaba_sandbox: SandboxServer) -> None:
     qolaba_sandbox.configure(faults=[Fault(kind="malformed", rate=1, on="submit")])
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        generation = await Jobs(client=client).generate(request(), wait_seconds=10)
+        generation = await Runner(client=client).generate(request(), wait_seconds=10)
     assert generation.status == "SUCCESS" and generation.images
     stats = qolaba_sandbox.stats()
     assert stats["submit_requests"] == 1 and stats["submissions"] == 1
@@ -116,7 +116,7 @@ async def test_poll_failures_are_ridden_out(qolaba_sandbox: SandboxServer) -> No
         random_seed=1,  # the first poll's die comes up 0.13: a server error, so the retry path surely runs
     )
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        jobs = Jobs(client=client, retry=RetryPolicy(base_backoff=0.05), poll=PollPolicy(min_interval=0.05))
+        jobs = Runner(client=client, retry=RetryPolicy(base_backoff=0.05), poll=PollPolicy(min_interval=0.05))
         generation = await jobs.generate(request(), wait_seconds=20)
     assert generation.status == "SUCCESS" and generation.images
     assert qolaba_sandbox.stats()["faults_total"] > 0

@@ -1,10 +1,10 @@
 """Generations kept in the ledger: written before the API is called, joined instead of paid twice, answerable later.
 
-The job runner (``Jobs``) talks to the API; this layer keeps the record around it and decides, per call, whether
+The job runner (``Runner``) talks to the API; this layer keeps the record around it and decides, per call, whether
 a generation is new (submit) or the same as one already paid for (join). It knows nothing of MCP.
 
 Each process is an owner (a random id): the rows it is submitting carry it and a lease its heartbeat renews every
-``heartbeat_seconds`` while it lives (enter ``TrackedJobs`` for the server's life). A retry that finds an identical
+``heartbeat_seconds`` while it lives (enter ``RecordedRunner`` for the server's life). A retry that finds an identical
 submission whose lease ran out (its process died between sending and recording) does not wait on it or pay again
 blindly: the row becomes ``unknown`` and the caller is told it may have been charged; calling again after that
 warning submits. Records are written through a ``WriteQueue``: a ledger that is busy or unreachable delays a
@@ -49,7 +49,7 @@ from ..ledger import (
     request_hash,
 )
 from ..money._spend import Quote, SpendRefusedError, refusal
-from ._runner import Generation, Jobs, ProgressFn, is_local_task_id, unknown_sync
+from ._runner import Generation, ProgressFn, Runner, is_local_task_id, unknown_sync
 
 log = logging.getLogger("qolaba_mcp.tracked")
 
@@ -75,7 +75,7 @@ _UNKNOWN_NEXT = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class Budget:
+class SpendLimits:
     """What a new generation must fit: its quote, held against these limits (None: no such limit)."""
 
     quote: Quote
@@ -83,20 +83,20 @@ class Budget:
     per_call_cap: float | None = None
 
 
-class Tracked(Generation):
+class Recorded(Generation):
     """A generation with its ledger row: ``joined`` when this call joined an identical earlier one."""
 
     row_id: str | None = None
     joined: bool = False
 
 
-class TrackedJobs:
-    """Jobs with a ledger: every generation recorded, identical retries joined, tasks answerable after restarts."""
+class RecordedRunner:
+    """Runner with a ledger: every generation recorded, identical retries joined, tasks answerable after restarts."""
 
     def __init__(
         self,
         *,
-        jobs: Jobs,
+        runner: Runner,
         ledger: LedgerStore,
         api_base: str,
         api_key: SecretStr | None,
@@ -107,7 +107,7 @@ class TrackedJobs:
         heartbeat_seconds: float = HEARTBEAT_S,
         writes: WriteQueue | None = None,
     ) -> None:
-        self.jobs = jobs
+        self.runner = runner
         self.ledger = ledger
         self._api_base = api_base
         self._api_key = api_key
@@ -118,7 +118,7 @@ class TrackedJobs:
         self._lease = lease_seconds
         self._heartbeat = heartbeat_seconds
         self.owner = uuid.uuid4().hex  # this process, as the owner of the rows it submits
-        # Given a queue, its owner enters it (the server: around Jobs, so that records of what Jobs ends on the way
+        # Given a queue, its owner enters it (the server: around Runner, so that records of what Runner ends on the way
         # out are flushed too); else this runner enters its own.
         self._own_writes = writes is None
         self.writes = writes or WriteQueue(ledger=ledger)
@@ -186,11 +186,11 @@ class TrackedJobs:
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
         inputs: list[str] | None = None,
-        budget: Budget | None = None,
-    ) -> Tracked:
+        limits: SpendLimits | None = None,
+    ) -> Recorded:
         """Join the identical generation already running or undelivered, or record a new one and submit it.
 
-        A new one records ``budget``'s estimate; under a daily budget it first holds the estimate in the ledger,
+        A new one records ``limits``' estimate; under a daily budget it first holds the estimate in the ledger,
         atomically against the caps: refused, it is recorded as failed and nothing is sent. Its actual cost
         replaces the hold once known; a failure frees it; a submission whose fate is unknown keeps it."""
         body = request.to_api()
@@ -203,7 +203,7 @@ class TrackedJobs:
             model=request.model,
             prompt=request.prompt,
             inputs=inputs or [],
-            estimate_usd=budget.quote.estimate_usd if budget else None,
+            estimate_usd=limits.quote.estimate_usd if limits else None,
             owner=self.owner,
         )
         deadline = time.monotonic() + wait_seconds
@@ -219,8 +219,8 @@ class TrackedJobs:
         if joined:
             log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
             return await self._follow(row, deadline=deadline, on_progress=on_progress, api_key=api_key)
-        if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
-            await self._reserve(row, budget)  # money is held only where a budget counts it
+        if limits is not None and limits.quote.estimate_usd is not None and limits.daily_budget is not None:
+            await self._reserve(row, limits)  # money is held only where a budget counts it
         repeat = await self._repeat_note(new)
         self._submitting += 1
         try:
@@ -230,7 +230,7 @@ class TrackedJobs:
         finally:
             self._submitting -= 1
         notes = tracked.notes if repeat is None else [repeat, *tracked.notes]
-        estimate = budget.quote.estimate_usd if budget else None
+        estimate = limits.quote.estimate_usd if limits else None
         return tracked.model_copy(update={"estimate_usd": estimate, "notes": notes})
 
     async def _begin(self, new: NewGeneration) -> tuple[LedgerRow, bool]:
@@ -281,17 +281,17 @@ class TrackedJobs:
             row = await self.ledger.get(row.id) or row
         return row
 
-    async def _reserve(self, row: LedgerRow, budget: Budget) -> None:
+    async def _reserve(self, row: LedgerRow, limits: SpendLimits) -> None:
         """Hold the estimate on the new row, or record the refusal and raise it: nothing is submitted then."""
-        assert budget.quote.estimate_usd is not None
+        assert limits.quote.estimate_usd is not None
         try:
             with anyio.CancelScope(shield=True):  # a hold must never be half-written by a leaving caller
                 held = await self.ledger.reserve(
                     row.id,
                     principal=row.principal,
-                    amount=budget.quote.estimate_usd,
-                    daily_budget=budget.daily_budget,
-                    per_call_cap=budget.per_call_cap,
+                    amount=limits.quote.estimate_usd,
+                    daily_budget=limits.daily_budget,
+                    per_call_cap=limits.per_call_cap,
                     now=time.time(),
                 )
         except LedgerError as exc:
@@ -303,7 +303,7 @@ class TrackedJobs:
                 "Retry shortly, or ask the server's operator to check QOLABA_LEDGER_URL."
             ) from exc
         if not held.ok:
-            text = refusal(held, budget.quote)
+            text = refusal(held, limits.quote)
             await self._record(row.id, Changes(state="failed", error=text[:500], finished_at=time.time()))
             raise SpendRefusedError(text)
 
@@ -315,7 +315,7 @@ class TrackedJobs:
         wait_seconds: float,
         on_progress: ProgressFn | None,
         api_key: SecretStr | None,
-    ) -> Tracked:
+    ) -> Recorded:
         task: list[str] = []
 
         async def submitted(task_id: str) -> None:
@@ -329,7 +329,7 @@ class TrackedJobs:
                 await self._record(row.id, _failure(outcome, task_sent=True))
 
         try:
-            generation = await self.jobs.generate(
+            generation = await self.runner.generate(
                 request,
                 wait_seconds=wait_seconds,
                 on_progress=on_progress,
@@ -349,22 +349,22 @@ class TrackedJobs:
             # (a synchronous request still running was recorded by on_submitted; on_settled records its end)
             await self._record_generation(row.id, generation)
         notes = [*generation.notes, RECORD_PENDING] if self.writes.pending(row.id) else generation.notes
-        return Tracked(**generation.model_dump(exclude={"notes"}), notes=notes, row_id=row.id)
+        return Recorded(**generation.model_dump(exclude={"notes"}), notes=notes, row_id=row.id)
 
     async def _follow(
         self, row: LedgerRow, *, deadline: float, on_progress: ProgressFn | None, api_key: SecretStr | None
-    ) -> Tracked:
+    ) -> Recorded:
         """Follow a generation another call started, once it has its task id (or ended): the task itself."""
         if row.state in ("succeeded", "failed", "unknown", "submitting") or row.task_id is None:
             return _from_row(row, joined=True)
         generation = await self._poll(row, wait_seconds=max(deadline - time.monotonic(), 0), progress=on_progress,
                                       api_key=api_key)  # fmt: skip
-        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id,
+        return Recorded(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id,
                        joined=True)  # fmt: skip
 
     async def get_task(
         self, task_id: str, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
-    ) -> Tracked:
+    ) -> Recorded:
         """A task from the ledger (finished ones without asking the API), polled while it runs; the caller's only."""
         principal = self.principal(api_key)
         try:
@@ -378,14 +378,14 @@ class TrackedJobs:
                 raise unknown_sync(task_id)
             raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)
         if row is None:
-            generation = await self.jobs.get_task(
+            generation = await self.runner.get_task(
                 task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
             )
-            return Tracked(**generation.model_dump())
+            return Recorded(**generation.model_dump())
         if row.state in ("succeeded", "failed", "unknown"):
             return _from_row(row, joined=False)
         generation = await self._poll(row, wait_seconds=wait_seconds, progress=on_progress, api_key=api_key)
-        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id)
+        return Recorded(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id)
 
     async def _poll(
         self, row: LedgerRow, *, wait_seconds: float, progress: ProgressFn | None, api_key: SecretStr | None
@@ -393,7 +393,7 @@ class TrackedJobs:
         """Poll the row's task and record what the API says; once the API has forgotten it, the ledger answers."""
         assert row.task_id is not None
         try:
-            generation = await self.jobs.get_task(
+            generation = await self.runner.get_task(
                 row.task_id, wait_seconds=wait_seconds, on_progress=progress, api_key=api_key
             )
         except TaskNotFoundError:
@@ -535,7 +535,7 @@ def row_seed(row: LedgerRow) -> int | None:
     return None
 
 
-def _warning(row: LedgerRow) -> Tracked:
+def _warning(row: LedgerRow) -> Recorded:
     """What a retry is told instead of submitting when an identical earlier submission may have been charged."""
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row.created_at))
     task = f" (task {row.task_id})" if row.task_id else ""
@@ -550,7 +550,7 @@ def _warning(row: LedgerRow) -> Tracked:
     return found.model_copy(update={"notes": [], "error": text})
 
 
-def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
+def _from_row(row: LedgerRow, *, joined: bool) -> Recorded:
     """A result from the record alone (the task finished, or the API no longer knows it)."""
     status: Any = {"succeeded": "SUCCESS", "failed": "FAILED", "unknown": "UNKNOWN"}.get(row.state, "PENDING")
     billing = {key: value for key, value in (row.usage or {}).items() if key != _SEED}
@@ -560,7 +560,7 @@ def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
         notes.append(_UNKNOWN_NEXT)
     if row.state == "submitting":
         notes.append("an identical call is submitting this generation; call generate_image again to join it")
-    return Tracked(
+    return Recorded(
         task_id=row.task_id,
         status=status,
         model=row.model,

@@ -1,8 +1,8 @@
-"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's budget.
+"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's wait.
 
 Time: each poll is bounded, body included, by the call's remaining wait plus ``POLL_MARGIN``; an async submission
 by ``max(wait_seconds, SUBMIT_MIN_SECONDS)``. A synchronous generation (``celery: false``) is one long request that
-cannot be resumed elsewhere: it runs in ``Jobs``' own task group (open for the server's life), and when it outlives
+cannot be resumed elsewhere: it runs in ``Runner``' own task group (open for the server's life), and when it outlives
 the call's wait the call returns PENDING with a local task id (``sync-<hex>``) that ``get_task`` answers from this
 process once the request finishes. It is never abandoned and never resent.
 """
@@ -53,7 +53,7 @@ SubmittedFn = Callable[[str], Awaitable[None]]
 SettledFn = Callable[["Generation | QolabaError"], Awaitable[None]]
 """Receives a synchronous request's outcome when it settles, even after the call that started it has returned."""
 
-# Failures of a single poll that say nothing about the task: try again while the budget lasts.
+# Failures of a single poll that say nothing about the task: try again while the call's wait lasts.
 _TRANSIENT = (RateLimitError, ServerError, NetworkError, ResponseFormatError)
 
 POLL_MARGIN = 2.0  # seconds a poll may run past the call's wait before it is cut off
@@ -154,7 +154,7 @@ class RetryPolicy:
     """Retries for one call: polls retry any transient failure; a submission only when nothing was created."""
 
     submit_attempts: int = 3
-    submit_budget: float = 60.0
+    submit_seconds: float = 60.0
     base_backoff: float = 0.5
     max_backoff: float = 8.0
     rng: random.Random = field(default_factory=random.Random, compare=False)
@@ -202,7 +202,7 @@ class _SyncRequest:
     on_settled: SettledFn | None = None
 
 
-class Jobs:
+class Runner:
     """Runs generations against the API for the MCP tools; knows nothing of MCP.
 
     Enter it (``async with jobs:``) for the life of the server: synchronous generations run in its task group so
@@ -260,7 +260,7 @@ class Jobs:
         progress = _Progress(on_progress)
         result: GenerateResult | TaskCreated
         if not request.celery:
-            entry = self._start_sync(request, api_key=api_key, budget=wait_seconds)
+            entry = self._start_sync(request, api_key=api_key, wait_seconds=wait_seconds)
             outcome = await self._await_sync(entry, deadline=deadline, progress=progress, started=started)
             if outcome is None:
                 log.info(
@@ -273,7 +273,7 @@ class Jobs:
             self._sync.pop(entry.local_id, None)  # the caller gets the outcome itself: nobody will ask for this id
             result = _settled(outcome)
         else:
-            result = await self._submit(request, api_key=api_key, budget=wait_seconds)
+            result = await self._submit(request, api_key=api_key, wait_seconds=wait_seconds)
         if isinstance(result, GenerateResult):
             return _from_result(result, request.model, started)
         if on_submitted is not None:
@@ -319,9 +319,9 @@ class Jobs:
         """Who asks: a hash of the key in use (the caller's own, or the server's)."""
         return principal_of(self._client.key_in_use(api_key))
 
-    def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float) -> _SyncRequest:
+    def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, wait_seconds: float) -> _SyncRequest:
         if self._background is None:
-            raise RuntimeError("a synchronous generation needs Jobs entered (async with): it may outlive its call")
+            raise RuntimeError("a synchronous generation needs Runner entered (async with): it may outlive its call")
         self._forget_old()
         entry = _SyncRequest(
             local_id=f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}",
@@ -330,14 +330,14 @@ class Jobs:
             prompt=request.prompt,
         )
         self._sync[entry.local_id] = entry
-        self._background.start_soon(self._run_sync, entry, request, api_key, budget)
+        self._background.start_soon(self._run_sync, entry, request, api_key, wait_seconds)
         return entry
 
     async def _run_sync(
-        self, entry: _SyncRequest, request: GenerateRequest, api_key: SecretStr | None, budget: float
+        self, entry: _SyncRequest, request: GenerateRequest, api_key: SecretStr | None, wait_seconds: float
     ) -> None:
         try:
-            entry.outcome = await self._submit(request, api_key=api_key, budget=budget)
+            entry.outcome = await self._submit(request, api_key=api_key, wait_seconds=wait_seconds)
         except QolabaError as exc:
             entry.outcome = exc
         except Exception as exc:  # one request must never take the server's task group down
@@ -415,17 +415,17 @@ class Jobs:
         return False
 
     async def _submit(
-        self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float
+        self, request: GenerateRequest, *, api_key: SecretStr | None, wait_seconds: float
     ) -> GenerateResult | TaskCreated:
         """POST the request; retried only where the API provably created nothing (429, connection refused).
 
-        An async submission, retries included, is over within ``max(budget, SUBMIT_MIN_SECONDS)``: each attempt
+        An async submission, retries included, is over within ``max(wait_seconds, SUBMIT_MIN_SECONDS)``: each attempt
         is bounded as a whole, a trickling answer included. A synchronous one is bounded by the client's sync
-        timeout per attempt (it runs in the background, see ``Jobs``).
+        timeout per attempt (it runs in the background, see ``Runner``).
         """
-        window = max(budget, SUBMIT_MIN_SECONDS)
+        window = max(wait_seconds, SUBMIT_MIN_SECONDS)
         started = time.monotonic()
-        retry_deadline = started + min(self._retry.submit_budget, window)
+        retry_deadline = started + min(self._retry.submit_seconds, window)
         attempt = 0
         while True:
             timeout = max(started + window - time.monotonic(), 0.5) if request.celery else None

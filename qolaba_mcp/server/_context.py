@@ -20,8 +20,8 @@ from mcp.types import (
 from .._config import Settings
 from ..api._catalog import Catalog
 from ..api._live import LiveCatalog
-from ..generations._recorded import RECORD_PENDING, TrackedJobs
-from ..generations._runner import Generation, Jobs
+from ..generations._recorded import RECORD_PENDING, RecordedRunner
+from ..generations._runner import Generation, Runner
 from ..images._delivery import Delivered, Delivery, default_data_dir
 from ..ledger import LedgerStore, default_ledger_url, open_ledger
 from ._results import (
@@ -54,7 +54,7 @@ class AppContext:
     """What the tools share for the life of the server process, built in its lifespan."""
 
     settings: Settings
-    jobs: Jobs
+    jobs: Runner
     delivery: Delivery
     catalog: Catalog  # the built-in catalogue with the models file: what LiveCatalog falls back to
     prices: LiveCatalog  # the catalogue with the live model list merged in: prices and published limits
@@ -67,12 +67,12 @@ class AppContext:
     listings: dict[tuple[str | None, tuple[str, ...]], tuple[Catalog, str, dict[str, Any]]] = field(
         default_factory=dict
     )
-    tracked: TrackedJobs | None = None  # None when QOLABA_LEDGER_URL=off
+    tracked: RecordedRunner | None = None  # None when QOLABA_LEDGER_URL=off
     # the gallery's previews: decoded a few at a time, whatever an app asks for at once
     gallery_decodes: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
     @property
-    def runner(self) -> Jobs | TrackedJobs:
+    def runner(self) -> Runner | RecordedRunner:
         """What runs generations: the ledger-keeping runner, or the bare one with the ledger off."""
         return self.tracked or self.jobs
 
@@ -100,7 +100,7 @@ class AppContext:
             on_saved = None
             if tracked is not None and row_id is not None:
 
-                async def on_saved(index: int, path: str, tracked: TrackedJobs = tracked, row: str = row_id) -> None:
+                async def on_saved(index: int, path: str, tracked: RecordedRunner = tracked, row: str = row_id) -> None:
                     await tracked.add_saved(row, [None] * index + [path])
 
             deadline = None if started is None else started + wait_seconds - time.monotonic()

@@ -19,7 +19,7 @@ from .._config import Settings
 from .._errors import QolabaError, TaskNotFoundError
 from ..api._live import check_request
 from ..api._wire import GenerateRequest
-from ..generations._recorded import Budget
+from ..generations._recorded import SpendLimits
 from ..generations._runner import Generation, ProgressFn
 from ..images._inputs import EarlierImage, InputError, InputResolver, has_data_uri
 from ..ledger import LedgerError
@@ -53,14 +53,14 @@ def generate_image_tool(settings: Settings) -> Tool:
         save = arguments.pop("save", None)
         request, inputs = await _resolve_inputs(ctx, GenerateRequest(**arguments, celery=mode == "async"))
         priced = await _priced(app, request, max_cost=max_cost, approval=approval)
-        budget = Budget(
+        budget = SpendLimits(
             quote=priced, daily_budget=settings.daily_budget_usd, per_call_cap=settings.max_cost_per_call_usd
         )
 
         async def start(report: ProgressFn, key: SecretStr | None) -> Generation:
             if app.tracked is not None:
                 return await app.tracked.generate(
-                    request, wait_seconds=wait_seconds, on_progress=report, api_key=key, budget=budget, inputs=inputs
+                    request, wait_seconds=wait_seconds, on_progress=report, api_key=key, limits=budget, inputs=inputs
                 )
             generation = await app.jobs.generate(request, wait_seconds=wait_seconds, on_progress=report, api_key=key)
             return generation.model_copy(update={"estimate_usd": priced.estimate_usd})

@@ -25,8 +25,8 @@ from .._config import Settings
 from ..api._catalog import Catalog, CatalogFileError
 from ..api._client import QolabaClient
 from ..api._live import LiveCatalog
-from ..generations._recorded import TrackedJobs
-from ..generations._runner import SUBMIT_MIN_SECONDS, Jobs, PollPolicy
+from ..generations._recorded import RecordedRunner
+from ..generations._runner import SUBMIT_MIN_SECONDS, PollPolicy, Runner
 from ..images._delivery import Delivery, default_output_dir
 from ..images._inputs import parse_roots
 from ..ledger import WriteQueue
@@ -130,10 +130,10 @@ def build_server(
             trusted_origins=frozenset({settings.api_base_url}),
             allow_private=settings.download_allow_private,
         )
-        # Jobs holds the task group where synchronous requests outlive their calls: it lives as long as the server.
+        # Runner holds the task group where synchronous requests outlive their calls: it lives as long as the server.
         ledger = await open_configured_ledger(settings)
-        # Left in reverse order: delivery, the ledger runner's heartbeat, Jobs (its synchronous requests end), the
-        # ledger records not written yet (flushed: those of what Jobs just ended too), the API client, the ledger.
+        # Left in reverse order: delivery, the ledger runner's heartbeat, Runner (its synchronous requests end), the
+        # ledger records not written yet (flushed: those of what Runner just ended too), the API client, the ledger.
         async with AsyncExitStack() as stack:
             if closed is not None:
                 stack.callback(closed.set)  # the first in, so the last out
@@ -143,11 +143,11 @@ def build_server(
             await stack.enter_async_context(client)
             if ledger is not None:
                 writes = await stack.enter_async_context(WriteQueue(ledger=ledger))
-            jobs = await stack.enter_async_context(Jobs(client=client, poll=poll, stopping=stopping))
+            jobs = await stack.enter_async_context(Runner(client=client, poll=poll, stopping=stopping))
             tracked = None
             if ledger is not None:
-                tracked = TrackedJobs(
-                    jobs=jobs,
+                tracked = RecordedRunner(
+                    runner=jobs,
                     ledger=ledger,
                     api_base=settings.api_base_url,
                     api_key=settings.api_key,
