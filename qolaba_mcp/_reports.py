@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from ._config import Settings
+from .generations._generations import open_configured_ledger
 from .ledger import Query
 from .money._spend import (
     SpendReport,
 )
-from .server._context import open_configured_ledger
 from .server._results import (
     history_row,
 )

@@ -32,7 +32,8 @@ from qolaba_mcp._errors import (
 )
 from qolaba_mcp.api._client import MAX_RESPONSE_BYTES, QolabaClient
 from qolaba_mcp.api._wire import MAX_IMAGES, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated
-from qolaba_mcp.generations._runner import Generation, PollPolicy, RetryPolicy, Runner
+from qolaba_mcp.generations._pacing import PollPolicy, RetryPolicy
+from qolaba_mcp.generations._runner import Generation, Runner
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.sandbox._png import render_png
 from qolaba_mcp.server._results import TEXT_BUDGET, generation_result

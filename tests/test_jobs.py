@@ -10,7 +10,8 @@ import pytest
 from qolaba_mcp._errors import NetworkError, RateLimitError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._runner import PollPolicy, RetryPolicy, Runner, _Forecast, _Progress
+from qolaba_mcp.generations._pacing import Forecast, PollPolicy, Progress, RetryPolicy
+from qolaba_mcp.generations._runner import Runner
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.anyio
@@ -34,10 +35,10 @@ def test_poll_aims_just_past_the_predicted_end(remaining: float | None, expected
 
 
 def test_forecast_from_the_start_or_from_two_observations() -> None:
-    from_start = _Forecast(task_started=100.0)
+    from_start = Forecast(task_started=100.0)
     from_start.observe(0.25, at=101.0)  # a quarter done after 1 s: 3 s to go
     assert from_start.remaining(101.0) == pytest.approx(3.0) and from_start.remaining(102.5) == pytest.approx(1.5)
-    unknown_start = _Forecast(task_started=None)
+    unknown_start = Forecast(task_started=None)
     unknown_start.observe(0.40, at=10.0)
     assert unknown_start.remaining(10.0) is None  # one observation and no start: no pace yet
     unknown_start.observe(0.60, at=12.0)  # 20 % in 2 s: 4 s to go
@@ -61,7 +62,7 @@ async def test_progress_strictly_increases_whatever_it_is_fed() -> None:
     async def record(progress: float, total: float | None, message: str) -> None:
         seen.append((progress, total, message))
 
-    progress = _Progress(record)
+    progress = Progress(record)
     for fraction in (None, 0.4, 0.4, 0.2, None, 1.0, 1.0):
         await progress("PROCESSING", fraction)
     values = [value for value, _, _ in seen]

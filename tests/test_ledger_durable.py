@@ -31,8 +31,9 @@ from pydantic import SecretStr
 from qolaba_mcp._errors import QolabaError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._pacing import PollPolicy
 from qolaba_mcp.generations._recorded import RecordedRunner
-from qolaba_mcp.generations._runner import Generation, PollPolicy, Runner
+from qolaba_mcp.generations._runner import Generation, Runner
 from qolaba_mcp.ledger import WriteQueue, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 

@@ -22,8 +22,9 @@ from pydantic import SecretStr
 from qolaba_mcp._errors import QolabaError, ResponseFormatError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
+from qolaba_mcp.generations._pacing import PollPolicy, RetryPolicy
 from qolaba_mcp.generations._recorded import RecordedRunner
-from qolaba_mcp.generations._runner import PollPolicy, RetryPolicy, Runner
+from qolaba_mcp.generations._runner import Runner
 from qolaba_mcp.ledger import Changes, LedgerRow, LedgerStore, NewGeneration, Query, open_ledger
 
 from .conftest import connect

@@ -10,8 +10,6 @@ process once the request finishes. It is never abandoned and never resent.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,11 +41,10 @@ from ..api._wire import (
     removed_text,
 )
 from ..ledger import principal_of
+from ._pacing import Forecast, PollPolicy, Progress, ProgressFn, RetryPolicy
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
-ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
-"""Receives (progress, total or None, message); progress strictly increases within one call."""
 SubmittedFn = Callable[[str], Awaitable[None]]
 """Receives the task id as soon as a submission has one (the API's, or a ``sync-`` id), before any wait."""
 SettledFn = Callable[["Generation | QolabaError"], Awaitable[None]]
@@ -69,11 +66,14 @@ def is_local_task_id(task_id: str | None) -> bool:
     return task_id is not None and task_id.startswith(LOCAL_ID_PREFIX)
 
 
+Status = Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "UNKNOWN"]  # what agents see, in results and history
+
+
 class Generation(BaseModel):
     """What a generation looks like to the caller after submitting and/or waiting."""
 
     task_id: str | None = Field(description="The Qolaba task id; pass it to get_task.")
-    status: Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "UNKNOWN"] = Field(
+    status: Status = Field(
         description="UNKNOWN: submitted, but whether a task exists was never learnt (check before retrying)."
     )
     model: str | None = None
@@ -98,94 +98,6 @@ class Generation(BaseModel):
     @property
     def done(self) -> bool:
         return self.status in ("SUCCESS", "FAILED")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PollPolicy:
-    """How often to poll: quick at first and backing off to a cap, or aimed at the end the task predicts."""
-
-    min_interval: float = 0.25
-    max_interval: float = 2.0
-    growth: float = 1.5
-
-    def delay(self, *, polls: int, remaining: float | None) -> float:
-        """Seconds until the next poll, given the polls so far and the task's predicted seconds left."""
-        if remaining is None:
-            return min(self.max_interval, self.min_interval * self.growth**polls)
-        if remaining <= 0:
-            return self.min_interval  # it says it is complete but is not done yet: any moment now
-        # Aim just past the predicted end, sooner or later than the backoff would go; never past the cap,
-        # which bounds what a wrong prediction costs.
-        return max(0.1, min(self.max_interval, remaining + 0.05))
-
-
-class _Forecast:
-    """Predicts a task's seconds left from the progress it reports, assuming a steady pace."""
-
-    def __init__(self, task_started: float | None) -> None:
-        self._started = task_started  # when the task began, where this call saw it begin
-        self._last: tuple[float, float] | None = None  # (time, progress) of the last observation
-        self._remaining: float | None = None
-
-    def observe(self, progress: float | None, at: float) -> None:
-        previous, self._last = self._last, (at, progress) if progress is not None else None
-        self._remaining = None
-        if progress is None or progress <= 0:
-            return
-        if progress >= 1:
-            self._remaining = 0.0
-            return
-        pace = None
-        if self._started is not None and at > self._started:
-            pace = progress / (at - self._started)
-        elif previous is not None and progress > previous[1]:
-            pace = (progress - previous[1]) / (at - previous[0])
-        if pace:
-            self._remaining = (1 - progress) / pace
-
-    def remaining(self, now: float) -> float | None:
-        if self._remaining is None or self._last is None:
-            return None
-        return max(0.0, self._remaining - (now - self._last[0]))
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Retries for one call: polls retry any transient failure; a submission only when nothing was created."""
-
-    submit_attempts: int = 3
-    submit_seconds: float = 60.0
-    base_backoff: float = 0.5
-    max_backoff: float = 8.0
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Exponential backoff with full jitter, never shorter than the API's retry-after."""
-        ceiling = min(self.max_backoff, self.base_backoff * 2**attempt)
-        wait = self.rng.uniform(ceiling / 2, ceiling)
-        return max(wait, retry_after or 0.0)
-
-
-class _Progress:
-    """Turns poll observations into strictly increasing progress notifications."""
-
-    def __init__(self, report: ProgressFn | None) -> None:
-        self._report = report
-        self._last = 0.0
-        self._count = 0
-
-    async def __call__(self, message: str, fraction: float | None = None) -> None:
-        if self._report is None:
-            return
-        if fraction is not None and not math.isfinite(fraction):
-            fraction = None
-        elif fraction is not None:
-            fraction = min(max(fraction, 0.0), 1.0)
-        self._count += 1
-        value, total = (round(fraction * 100, 2), 100.0) if fraction is not None else (float(self._count), None)
-        value = max(value, round(self._last + 0.01, 2))
-        self._last = value
-        await self._report(value, total, message)
 
 
 @dataclass(kw_only=True)
@@ -257,7 +169,7 @@ class Runner:
         """
         started = time.monotonic()
         deadline = started + wait_seconds
-        progress = _Progress(on_progress)
+        progress = Progress(on_progress)
         result: GenerateResult | TaskCreated
         if not request.celery:
             entry = self._start_sync(request, api_key=api_key, wait_seconds=wait_seconds)
@@ -288,7 +200,7 @@ class Runner:
         )
         return await self._wait(
             pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(time.monotonic()), poll_first=False, fresh=True,
+            forecast=Forecast(time.monotonic()), poll_first=False, fresh=True,
         )  # fmt: skip
 
     async def get_task(
@@ -306,13 +218,13 @@ class Runner:
         """
         started = time.monotonic()
         deadline = started + wait_seconds
-        progress = _Progress(on_progress)
+        progress = Progress(on_progress)
         if is_local_task_id(task_id):
             return await self._get_sync(task_id, started=started, deadline=deadline, progress=progress, api_key=api_key)
         known = Generation(task_id=task_id, status="PENDING", elapsed_seconds=0)
         return await self._wait(
             known, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(None), poll_first=True, fresh=False,
+            forecast=Forecast(None), poll_first=True, fresh=False,
         )  # fmt: skip
 
     def principal(self, api_key: SecretStr | None) -> str:
@@ -369,7 +281,7 @@ class Runner:
                 del self._sync[local_id]
 
     async def _await_sync(
-        self, entry: _SyncRequest, *, deadline: float, progress: _Progress, started: float
+        self, entry: _SyncRequest, *, deadline: float, progress: Progress, started: float
     ) -> GenerateResult | TaskCreated | QolabaError | None:
         """The request's outcome, or None if it is still running at ``deadline``; a heartbeat every second."""
 
@@ -386,7 +298,7 @@ class Runner:
         return entry.outcome if entry.done.is_set() else None
 
     async def _get_sync(
-        self, local_id: str, *, started: float, deadline: float, progress: _Progress, api_key: SecretStr | None
+        self, local_id: str, *, started: float, deadline: float, progress: Progress, api_key: SecretStr | None
     ) -> Generation:
         entry = self._sync.get(local_id)
         if entry is None or entry.principal != self.principal(api_key):
@@ -401,7 +313,7 @@ class Runner:
         pending = _pending(result.task_id, entry, started)  # the API queued it as a task after all
         return await self._wait(
             pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(None), poll_first=True, fresh=True,
+            forecast=Forecast(None), poll_first=True, fresh=True,
         )  # fmt: skip
 
     async def _stopped_within(self, seconds: float) -> bool:
@@ -450,9 +362,9 @@ class Runner:
         *,
         started: float,
         deadline: float,
-        progress: _Progress,
+        progress: Progress,
         api_key: SecretStr | None,
-        forecast: _Forecast,
+        forecast: Forecast,
         poll_first: bool,
         fresh: bool,
     ) -> Generation:

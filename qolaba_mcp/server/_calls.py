@@ -7,16 +7,16 @@ from collections.abc import Awaitable, Callable
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
 from pydantic import SecretStr
 
 from .._config import Settings
 from .._errors import QolabaError
-from ..generations._runner import Generation, ProgressFn
+from ..generations._pacing import ProgressFn
+from ..generations._rows import Recorded
 from ._context import AppContext
 from ._disconnect import while_connected
-from ._results import (
-    explain,
-)
+from ._results import explain, generation_result
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -39,12 +39,12 @@ def app_of(ctx: Context[AppContext]) -> AppContext:
 
 async def run_call(
     ctx: Context[AppContext],
-    start: Callable[[ProgressFn, SecretStr | None], Awaitable[Generation]],
+    start: Callable[[ProgressFn, SecretStr | None], Awaitable[Recorded]],
     *,
     task_id: str | None = None,
     model: str | None = None,
     data_uris: bool = False,
-) -> Generation:
+) -> Recorded:
     """Run a job for a tool call: the caller's key, progress to the caller, stop if it leaves, errors as text."""
     app = app_of(ctx)
     try:
@@ -86,3 +86,21 @@ def progress_sender(ctx: Context[AppContext]) -> ProgressFn:
             log.debug("progress notification failed; no more will be sent for this call", exc_info=True)
 
     return send
+
+
+async def finished_result(
+    ctx: Context[AppContext], generation: Recorded, *, save: bool | None, wait_seconds: float, started: float
+) -> CallToolResult:
+    """A generation's tool result, once the domain has delivered its images and recorded that the caller has it."""
+    app = app_of(ctx)
+    generation, delivered = await app.generations.finish(
+        generation, save=save, wait_seconds=wait_seconds, started=started
+    )
+    app.links.add(image.url for image in generation.images)
+    return generation_result(
+        generation,
+        delivered,
+        wait_seconds=wait_seconds,
+        max_wait=app.settings.max_wait_seconds,
+        links=links_allowed(ctx),
+    )

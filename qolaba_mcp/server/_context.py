@@ -1,32 +1,29 @@
-"""What the tools share for the server's life (AppContext), and the configured ledger opened."""
+"""What the tools share for the server's life (AppContext), and the lifespan that builds and closes it."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import time
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import anyio
-from mcp.types import (
-    CallToolResult,
-)
 
 from .._config import Settings
-from ..api._catalog import Catalog
+from ..api._catalog import Catalog, CatalogFileError
+from ..api._client import QolabaClient
 from ..api._live import LiveCatalog
-from ..generations._recorded import RECORD_PENDING, RecordedRunner
-from ..generations._runner import Generation, Runner
-from ..images._delivery import Delivered, Delivery, default_data_dir
-from ..ledger import LedgerStore, default_ledger_url, open_ledger
-from ._results import (
-    generation_result,
-)
+from ..generations._generations import Generations, open_configured_ledger
+from ..generations._pacing import PollPolicy
+from ..generations._recorded import RecordedRunner
+from ..generations._runner import SUBMIT_MIN_SECONDS, Runner
+from ..images._delivery import Delivery, default_output_dir
+from ..images._inputs import parse_roots
+from ..ledger import WriteQueue
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -54,11 +51,10 @@ class AppContext:
     """What the tools share for the life of the server process, built in its lifespan."""
 
     settings: Settings
-    jobs: Runner
+    generations: Generations
     delivery: Delivery
     catalog: Catalog  # the built-in catalogue with the models file: what LiveCatalog falls back to
     prices: LiveCatalog  # the catalogue with the live model list merged in: prices and published limits
-    save_by_default: bool
     local_inputs: bool = False  # local files as image inputs: stdio only (over HTTP the server's disk is not yours)
     input_roots: list[Path] = field(default_factory=list)
     catalog_warning: str | None = None
@@ -67,85 +63,98 @@ class AppContext:
     listings: dict[tuple[str | None, tuple[str, ...]], tuple[Catalog, str, dict[str, Any]]] = field(
         default_factory=dict
     )
-    tracked: RecordedRunner | None = None  # None when QOLABA_LEDGER_URL=off
     # the gallery's previews: decoded a few at a time, whatever an app asks for at once
     gallery_decodes: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
-    @property
-    def runner(self) -> Runner | RecordedRunner:
-        """What runs generations: the ledger-keeping runner, or the bare one with the ledger off."""
-        return self.tracked or self.jobs
 
-    async def finish(
-        self,
-        generation: Generation,
-        *,
-        save: bool | None,
-        wait_seconds: float,
-        links: bool = True,
-        started: float | None = None,
-    ) -> CallToolResult:
-        """Deliver a finished generation's images (previews, files) and shape the tool result.
+def lifespan(
+    settings: Settings,
+    *,
+    transport: Literal["stdio", "http"],
+    stopping: anyio.Event | None,
+    closed: threading.Event | None,
+) -> Callable[[Any], AbstractAsyncContextManager[AppContext]]:
+    """The server's lifespan: the HTTP clients, the catalogue, the ledger and the runners, made and closed in order.
 
-        Delivery is a courtesy on top of a paid result: if it fails outright, the result still comes back, with
-        its task_id, every image URL and a note. It gets what is left of the call's wait (from ``started``, a
-        ``time.monotonic()``); files saved after that are recorded in the ledger, for get_task to show.
-        """
-        delivered: Delivered | None = None
-        row_id = getattr(generation, "row_id", None)
-        tracked = self.tracked if row_id is not None and generation.status == "SUCCESS" else None
-        if generation.status == "SUCCESS" and generation.images:
-            should_save = self.save_by_default if save is None else save
-            known = await tracked.saved_files(row_id) if tracked is not None and row_id is not None else []
-            on_saved = None
-            if tracked is not None and row_id is not None:
+    ``closed`` is set once it has ended: every ledger record written (or given up on), every client shut."""
 
-                async def on_saved(index: int, path: str, tracked: RecordedRunner = tracked, row: str = row_id) -> None:
-                    await tracked.add_saved(row, [None] * index + [path])
-
-            deadline = None if started is None else started + wait_seconds - time.monotonic()
-            try:
-                delivered = await self.delivery.deliver(
-                    generation.task_id,
-                    generation.images,
-                    save=should_save,
-                    deadline=deadline,
-                    known=known,
-                    on_saved=on_saved,
-                )
-            except Exception as exc:
-                log.exception("delivering the images of %s failed", generation.task_id)
-                delivered = Delivered(
-                    notes=[f"no previews or saved files: delivery failed ({type(exc).__name__}); the URLs stand"]
-                )
-        self.links.add(image.url for image in generation.images)
-        if tracked is not None and row_id is not None:
-            if delivered is not None and any(delivered.saved):
-                delivered.saved = await tracked.add_saved(row_id, delivered.saved)
-            await tracked.delivered(row_id)
-            if tracked.pending(row_id) and RECORD_PENDING not in generation.notes:
-                generation = generation.model_copy(update={"notes": [*generation.notes, RECORD_PENDING]})
-        return generation_result(
-            generation, delivered, wait_seconds=wait_seconds, max_wait=self.settings.max_wait_seconds, links=links
+    @asynccontextmanager
+    async def app_lifespan(server: Any) -> AsyncIterator[AppContext]:
+        warning = None
+        try:
+            catalog = Catalog.load(settings.models_file)
+        except CatalogFileError as exc:
+            log.error("%s; using the built-in models", exc)
+            catalog, warning = Catalog.builtin(), f"{exc}; the built-in models are listed instead"
+        client = QolabaClient(
+            base_url=settings.api_base_url,
+            api_key=settings.api_key,
+            connect_timeout=settings.connect_timeout,
+            request_timeout=settings.request_timeout,
+            sync_timeout=settings.sync_timeout,
         )
+        poll = PollPolicy(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
+        output_dir = settings.output_dir or default_output_dir()  # the one place the default folder is chosen
+        # Image hosts get their own client (made on first use): it never carries the Qolaba key.
+        delivery = Delivery(
+            connect_timeout=settings.connect_timeout,
+            output_dir=output_dir,
+            preview=settings.preview,
+            preview_max_bytes=settings.preview_max_bytes,
+            max_download_bytes=settings.download_max_bytes,
+            # The API's own origin is trusted as the API is: a local or self-hosted API (the sandbox) just works.
+            trusted_origins=frozenset({settings.api_base_url}),
+            allow_private=settings.download_allow_private,
+        )
+        # Runner holds the task group where synchronous requests outlive their calls: it lives as long as the server.
+        ledger = await open_configured_ledger(settings)
+        # Left in reverse order: delivery, the ledger runner's heartbeat, Runner (its synchronous requests end), the
+        # ledger records not written yet (flushed: those of what Runner just ended too), the API client, the ledger.
+        async with AsyncExitStack() as stack:
+            if closed is not None:
+                stack.callback(closed.set)  # the first in, so the last out
+            writes = None
+            if ledger is not None:
+                stack.push_async_callback(ledger.close)
+            await stack.enter_async_context(client)
+            if ledger is not None:
+                writes = await stack.enter_async_context(WriteQueue(ledger=ledger))
+            runner = await stack.enter_async_context(Runner(client=client, poll=poll, stopping=stopping))
+            recorded = None
+            if ledger is not None:
+                recorded = RecordedRunner(
+                    runner=runner,
+                    ledger=ledger,
+                    api_base=settings.api_base_url,
+                    api_key=settings.api_key,
+                    join_window=settings.join_window_seconds,
+                    writes=writes,
+                )
+                # a synchronous request lasts up to sync_timeout, an async submission up to the longest wait
+                longest = max(settings.sync_timeout, settings.max_wait_seconds, SUBMIT_MIN_SECONDS)
+                expired = await recorded.expire_stale(longest_submission=longest)
+                if expired:
+                    log.warning("%d generation(s) were left submitting by a stopped server: now 'unknown'", expired)
+                await stack.enter_async_context(recorded)
+            stack.push_async_callback(delivery.aclose)
+            # saves a call could not wait for go on here until shutdown (with a grace), before the ledger's writes
+            await stack.enter_async_context(delivery)
+            generations = Generations(
+                settings=settings,
+                runner=runner,
+                recorded=recorded,
+                delivery=delivery,
+                save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
+            )
+            yield AppContext(
+                settings=settings,
+                generations=generations,
+                delivery=delivery,
+                catalog=catalog,
+                prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
+                local_inputs=transport == "stdio",
+                input_roots=parse_roots(settings.input_roots, output_dir),
+                catalog_warning=warning,
+            )
 
-
-async def open_configured_ledger(settings: Settings) -> LedgerStore | None:
-    """The configured ledger, opened (schema created or migrated); None when it is turned off."""
-    url = settings.ledger_url or default_ledger_url(default_data_dir(), name=_default_ledger_name(settings))
-    if url.strip().lower() == "off":
-        return None
-    ledger = open_ledger(url)
-    await ledger.open()
-    return ledger
-
-
-def _default_ledger_name(settings: Settings) -> str:
-    """An API on this machine (a sandbox, a test double) gets a ledger of its own: its generations cost nothing,
-    so they must never show up as money spent, or count against a budget, in the real ledger."""
-    host = urlsplit(settings.api_base_url).hostname or ""
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    return "sandbox-ledger.db" if local else "ledger.db"
+    return app_lifespan

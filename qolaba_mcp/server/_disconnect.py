@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -12,21 +12,22 @@ from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import QolabaError
-from ..generations._runner import Generation
 
 log = logging.getLogger("qolaba_mcp.server")
+
+T = TypeVar("T")
 
 
 DISCONNECTED = "qolaba_mcp.disconnected"  # request-state key: an anyio.Event set when an HTTP client leaves
 
 
-async def while_connected(ctx: Context[Any], work: Awaitable[Generation]) -> Generation:
+async def while_connected(ctx: Context[Any], work: Awaitable[T]) -> T:
     """Run ``work`` but stop it as soon as the HTTP client that asked for it disconnects."""
     request = ctx.request_context.request
     gone = getattr(request, "scope", {}).get("state", {}).get(DISCONNECTED)
     if gone is None:  # stdio: the SDK cancels the call itself when the client goes
         return await work
-    done: list[Generation] = []
+    done: list[T] = []
     failure: list[QolabaError] = []
     async with anyio.create_task_group() as group:
 

@@ -1,69 +1,42 @@
-"""The list_generations and get_spend tools: the caller's history and spend from the ledger."""
+"""The list_generations and get_spend tools, and the caller's history as the resources read it."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import (
-    CallToolResult,
-    TextContent,
-)
-from pydantic import Field
-from pydantic.fields import FieldInfo
+from mcp.types import CallToolResult, TextContent
 
-from ..api._wire import NotBool
+from ..generations._generations import NoLedgerError
 from ..ledger import LedgerError, LedgerRow, Query
-from ..money._spend import (
-    SpendReport,
-)
+from ..money._spend import SpendReport
 from ._calls import app_of, client_key
 from ._context import AppContext
-from ._params import STATES, given, keyword, make_tool, set_signature
-from ._results import (
-    GenerationList,
-    history_result,
-    history_row,
-)
+from ._params import Cursor, Limit, ModelFilter, ModelSpend, Search, Since, StatusFilter, Until, given, make_tool
+from ._results import GenerationList, history_result, history_row
+
+
+async def list_generations(
+    ctx: Context[AppContext],
+    search: Search = None,
+    model: ModelFilter = None,
+    status: StatusFilter = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Limit = None,
+    cursor: Cursor = None,
+) -> Annotated[CallToolResult, GenerationList]:
+    query = Query(
+        search=search, model=model, state=status, since=_timestamp(since), until=_timestamp(until),
+        limit=given(limit, 10), cursor=cursor,
+    )  # fmt: skip
+    return history_result(*await caller_history(ctx, query))
 
 
 def list_generations_tool() -> Tool:
-    async def list_generations(
-        ctx: Context[AppContext],
-        search: str | None = None,
-        model: str | None = None,
-        status: STATES | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> CallToolResult:
-        query = Query(
-            search=search, model=model, state=status, since=_timestamp(since), until=_timestamp(until),
-            limit=given(limit, 10), cursor=cursor,
-        )  # fmt: skip
-        return history_result(*await caller_history(ctx, query))
-
-    def field(annotation: Any, description: str, **limits: Any) -> FieldInfo:
-        return FieldInfo.from_annotated_attribute(annotation, Field(default=None, description=description, **limits))
-
-    set_signature(
-        list_generations,
-        [
-            keyword("search", field(str | None, "Words to find in prompts and model ids", max_length=200)),
-            keyword("model", field(str | None, "Only this model id", max_length=200)),
-            keyword("status", field(STATES | None, "Only generations in this state")),
-            keyword("since", field(datetime | None, "Only those asked for at or after this time (ISO 8601)")),
-            keyword("until", field(datetime | None, "Only those asked for before this time (ISO 8601)")),
-            keyword("limit", field(Annotated[int | None, NotBool], "How many, newest first; default 10", ge=1, le=50)),
-            keyword("cursor", field(str | None, "next_cursor of the previous page", max_length=200)),
-        ],
-        Annotated[CallToolResult, GenerationList],
-    )
     return make_tool(
         list_generations,
         title="List past generations",
@@ -76,26 +49,18 @@ def list_generations_tool() -> Tool:
     )
 
 
-def get_spend_tool() -> Tool:
-    async def get_spend(ctx: Context[AppContext], model: str | None = None) -> CallToolResult:
-        app = app_of(ctx)
-        if app.tracked is None:
-            raise ToolError("No spend is tracked: the ledger is off (QOLABA_LEDGER_URL=off).")
-        principal = app.tracked.principal(client_key(ctx, app.settings))
-        try:
-            report = await app.tracked.ledger.spend_report(principal=principal, now=time.time())
-        except LedgerError as exc:
-            raise ToolError(f"The spend could not be read from the ledger ({exc}). Retry shortly.") from exc
-        result = SpendReport.build(report, app.settings, model=model)
-        return CallToolResult(
-            content=[TextContent(text=result.text())], structured_content=result.model_dump(mode="json")
-        )
+async def get_spend(ctx: Context[AppContext], model: ModelSpend = None) -> Annotated[CallToolResult, SpendReport]:
+    app = app_of(ctx)
+    try:
+        report = await app.generations.spend(api_key=client_key(ctx, app.settings), model=model)
+    except NoLedgerError as exc:
+        raise ToolError(exc.message) from None
+    except LedgerError as exc:
+        raise ToolError(f"The spend could not be read from the ledger ({exc}). Retry shortly.") from exc
+    return CallToolResult(content=[TextContent(text=report.text())], structured_content=report.model_dump(mode="json"))
 
-    only = FieldInfo.from_annotated_attribute(
-        str | None,  # type: ignore[arg-type]
-        Field(default=None, max_length=200, description="Only this model id's spend"),
-    )
-    set_signature(get_spend, [keyword("model", only)], Annotated[CallToolResult, SpendReport])
+
+def get_spend_tool() -> Tool:
     return make_tool(
         get_spend,
         output_keys=frozenset({"last_24h", "remaining_usd"}),
@@ -116,14 +81,14 @@ def _timestamp(moment: datetime | None) -> float | None:
 
 
 async def caller_history(ctx: Context[AppContext], query: Query) -> tuple[list[LedgerRow], str | None]:
-    """The calling principal's rows: another caller's generations are never visible."""
+    """The calling principal's rows: another caller's generations are never visible.
+
+    ResourceError: the same text from the tool and the resources (the SDK treats it as a ToolError in a tool)."""
     app = app_of(ctx)
-    if app.tracked is None:
-        # ResourceError: the same text from the tool and the resources (the SDK treats it as a ToolError in a tool)
-        raise ResourceError("No history is kept: the ledger is off (QOLABA_LEDGER_URL=off).")
-    principal = app.tracked.principal(client_key(ctx, app.settings))
     try:
-        return await app.tracked.history(query.model_copy(update={"principal": principal}))
+        return await app.generations.history(query, api_key=client_key(ctx, app.settings))
+    except NoLedgerError as exc:
+        raise ResourceError(exc.message) from None
     except (LedgerError, ValueError) as exc:  # a cursor that is not one of ours
         raise ResourceError(f"The history could not be read: {exc}") from exc
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, cast
+from datetime import datetime
+from typing import Annotated, Any, Literal, cast, get_args
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
@@ -12,11 +13,13 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import (
     ToolAnnotations,
 )
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from .._config import Settings
+from ..api._catalog import Capability
 from ..api._wire import TASK_ID_MAX_LENGTH, TASK_ID_PATTERN, NotBool, is_safe_task_id
+from ..ledger import LedgerState
 from ._context import AppContext
 from ._schemas import NULL_MEANS, portable_input, portable_output
 
@@ -43,16 +46,84 @@ TaskId = Annotated[
 ]
 
 
-def keyword(name: str, field: FieldInfo | Any) -> inspect.Parameter:
-    """A keyword-only tool parameter from a pydantic field (constraints, description and default kept)."""
-    if not isinstance(field, FieldInfo):  # an Annotated[...] type alias
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=field)
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=Annotated[field.annotation, field],
-        default=inspect.Parameter.empty if field.is_required() else field.default,
-    )
+# Each parameter once: its type and limits here, its default in the tool's signature (a default inside Annotated is
+# not allowed). A limit from the settings (the longest wait) is added where the tool is made: ``wait_limited``.
+WaitSeconds = Annotated[
+    float | None, Field(ge=0, description="Seconds to wait, with progress (then get_task continues)"), NotBool
+]
+Save = Annotated[
+    bool | None, Field(description="Save the images on this machine and return their paths (default: on for stdio).")
+]
+Mode = Annotated[
+    Literal["async", "sync"] | None,
+    Field(description="async polls with progress; sync is one blocking request (fast models)."),
+]
+MaxCost = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="Most USD this call may cost (refused above). Where the user cannot be asked to confirm, only "
+        "a price the user agreed to",
+    ),
+    NotBool,
+]
+ImageIndex = Annotated[int, Field(ge=0, le=15, description="Which image, from 0"), NotBool]
+CapabilityFilter = Annotated[Capability | None, Field(description="List only the models with this capability")]
+ModelSpend = Annotated[str | None, Field(max_length=200, description="Only this model id's spend")]
+Search = Annotated[str | None, Field(max_length=200, description="Words to find in prompts and model ids")]
+ModelFilter = Annotated[str | None, Field(max_length=200, description="Only this model id")]
+
+
+def status_filter(value: object) -> object:
+    """A status filter in the words results use (SUCCESS, FAILED, UNKNOWN) as the ledger's; an unfinished
+    generation is in one of three ledger states, so it is filtered by those."""
+    return _LEDGER_STATE.get(value, value) if isinstance(value, str) else value
+
+
+_LEDGER_STATE = {
+    "SUCCESS": "succeeded",
+    "FAILED": "failed",
+    "UNKNOWN": "unknown",
+}
+
+
+# The filter's schema lists the ledger's words; the words results use are taken too (see ``status_filter``).
+StatusFilter = Annotated[
+    LedgerState | None,
+    BeforeValidator(status_filter),
+    Field(description="Only generations in this state"),
+]
+Since = Annotated[datetime | None, Field(description="Only those asked for at or after this time (ISO 8601)")]
+Until = Annotated[datetime | None, Field(description="Only those asked for before this time (ISO 8601)")]
+Limit = Annotated[int | None, Field(ge=1, le=50, description="How many, newest first; default 10"), NotBool]
+Cursor = Annotated[str | None, Field(max_length=200, description="next_cursor of the previous page")]
+
+
+def wait_limited(settings: Settings, default: float) -> tuple[Any, float]:
+    """The wait_seconds parameter of a tool (its type, its default) under this server's longest wait."""
+    kind, *metadata = get_args(WaitSeconds)  # the limit goes before NotBool, so the schema still shows it
+    limited = Annotated[kind, Field(le=settings.max_wait_seconds), *metadata]  # type: ignore[valid-type]
+    return limited, min(default, settings.max_wait_seconds)
+
+
+def limit_wait(tool: Callable[..., Any], settings: Settings, default: float) -> None:
+    """Put this server's longest wait on ``tool``'s own ``wait_seconds`` parameter (limit and default)."""
+    annotation, default = wait_limited(settings, default)
+    signature = inspect.signature(tool, eval_str=True)
+    params = [
+        param.replace(annotation=annotation, default=default) if param.name == "wait_seconds" else param
+        for param in signature.parameters.values()
+    ]
+    tool.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+
+
+def keyword(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    """A keyword-only tool parameter: an ``Annotated`` type, or a pydantic model's field (its default kept)."""
+    if isinstance(annotation, FieldInfo):
+        default = inspect.Parameter.empty if annotation.is_required() else annotation.default
+        annotation = Annotated[annotation.annotation, annotation]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
 def set_signature(
@@ -71,57 +142,9 @@ def set_signature(
     tool.__annotations__.update(resolved or {})
 
 
-def wait_seconds_field(settings: Settings, default: float) -> FieldInfo:
-    return FieldInfo.from_annotated_attribute(
-        Annotated[float | None, NotBool],  # type: ignore[arg-type]
-        Field(
-            default=min(default, settings.max_wait_seconds),
-            ge=0,
-            le=settings.max_wait_seconds,
-            description="Seconds to wait, with progress (then get_task continues)",
-        ),
-    )
-
-
 def given(value: Any, default: Any) -> Any:
     """An optional argument's value: ``null`` means "not given" for every input (strict-mode callers send it)."""
     return default if value is None else value
-
-
-MODE = FieldInfo.from_annotated_attribute(
-    Literal["async", "sync"] | None,  # type: ignore[arg-type]
-    Field(
-        default="async",
-        description="async polls with progress; sync is one blocking request (fast models).",
-    ),
-)
-
-
-SAVE = FieldInfo.from_annotated_attribute(
-    bool | None,  # type: ignore[arg-type]
-    Field(
-        default=None,
-        description="Save the images on this machine and return their paths (default: on for stdio).",
-    ),
-)
-
-
-MAX_COST = FieldInfo.from_annotated_attribute(
-    Annotated[float | None, NotBool],  # type: ignore[arg-type]
-    Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="Most USD this call may cost (refused above). Where the user cannot be asked to confirm, only "
-        "a price the user agreed to",
-    ),
-)
-
-
-STATES = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
-
-
-IMAGE_INDEX = Annotated[int, Field(ge=0, le=15, description="Which image, from 0"), NotBool]
 
 
 # The properties of a generation result its output schema names (the rest are in every result, unlisted): what an

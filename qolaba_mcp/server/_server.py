@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
 import anyio
@@ -22,15 +20,7 @@ from pydantic import AnyUrl, ValidationError
 
 from .. import __version__
 from .._config import Settings
-from ..api._catalog import Catalog, CatalogFileError
-from ..api._client import QolabaClient
-from ..api._live import LiveCatalog
-from ..generations._recorded import RecordedRunner
-from ..generations._runner import SUBMIT_MIN_SECONDS, PollPolicy, Runner
-from ..images._delivery import Delivery, default_output_dir
-from ..images._inputs import parse_roots
-from ..ledger import WriteQueue
-from ._context import AppContext, open_configured_ledger
+from ._context import lifespan
 from ._gallery import app_only, gallery_extension, shows_gallery, without_apps
 from ._generate import generate_image_tool
 from ._history import get_spend_tool, list_generations_tool
@@ -103,84 +93,11 @@ def build_server(
     ``closed`` is set once the lifespan has ended: every ledger record written (or given up on), every client shut.
     """
 
-    @asynccontextmanager
-    async def lifespan(server: MCPServer) -> AsyncIterator[AppContext]:
-        warning = None
-        try:
-            catalog = Catalog.load(settings.models_file)
-        except CatalogFileError as exc:
-            log.error("%s; using the built-in models", exc)
-            catalog, warning = Catalog.builtin(), f"{exc}; the built-in models are listed instead"
-        client = QolabaClient(
-            base_url=settings.api_base_url,
-            api_key=settings.api_key,
-            connect_timeout=settings.connect_timeout,
-            request_timeout=settings.request_timeout,
-            sync_timeout=settings.sync_timeout,
-        )
-        poll = PollPolicy(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
-        # Image hosts get their own client (made on first use): it never carries the Qolaba key.
-        delivery = Delivery(
-            connect_timeout=settings.connect_timeout,
-            output_dir=settings.output_dir or default_output_dir(),
-            preview=settings.preview,
-            preview_max_bytes=settings.preview_max_bytes,
-            max_download_bytes=settings.download_max_bytes,
-            # The API's own origin is trusted as the API is: a local or self-hosted API (the sandbox) just works.
-            trusted_origins=frozenset({settings.api_base_url}),
-            allow_private=settings.download_allow_private,
-        )
-        # Runner holds the task group where synchronous requests outlive their calls: it lives as long as the server.
-        ledger = await open_configured_ledger(settings)
-        # Left in reverse order: delivery, the ledger runner's heartbeat, Runner (its synchronous requests end), the
-        # ledger records not written yet (flushed: those of what Runner just ended too), the API client, the ledger.
-        async with AsyncExitStack() as stack:
-            if closed is not None:
-                stack.callback(closed.set)  # the first in, so the last out
-            writes = None
-            if ledger is not None:
-                stack.push_async_callback(ledger.close)
-            await stack.enter_async_context(client)
-            if ledger is not None:
-                writes = await stack.enter_async_context(WriteQueue(ledger=ledger))
-            jobs = await stack.enter_async_context(Runner(client=client, poll=poll, stopping=stopping))
-            tracked = None
-            if ledger is not None:
-                tracked = RecordedRunner(
-                    runner=jobs,
-                    ledger=ledger,
-                    api_base=settings.api_base_url,
-                    api_key=settings.api_key,
-                    join_window=settings.join_window_seconds,
-                    writes=writes,
-                )
-                # a synchronous request lasts up to sync_timeout, an async submission up to the longest wait
-                longest = max(settings.sync_timeout, settings.max_wait_seconds, SUBMIT_MIN_SECONDS)
-                expired = await tracked.expire_stale(longest_submission=longest)
-                if expired:
-                    log.warning("%d generation(s) were left submitting by a stopped server: now 'unknown'", expired)
-                await stack.enter_async_context(tracked)
-            stack.push_async_callback(delivery.aclose)
-            # saves a call could not wait for go on here until shutdown (with a grace), before the ledger's writes
-            await stack.enter_async_context(delivery)
-            yield AppContext(
-                settings=settings,
-                jobs=jobs,
-                tracked=tracked,
-                delivery=delivery,
-                catalog=catalog,
-                prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
-                save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
-                local_inputs=transport == "stdio",
-                input_roots=parse_roots(settings.input_roots, settings.output_dir or default_output_dir()),
-                catalog_warning=warning,
-            )
-
     server = QolabaServer(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
-        lifespan=lifespan,
+        lifespan=lifespan(settings, transport=transport, stopping=stopping, closed=closed),
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
         tools=[
             shows_gallery(generate_image_tool(settings)),

@@ -1,4 +1,4 @@
-"""The get_task and gallery_image tools: a task's status and images, by task_id."""
+"""The get_task and gallery_image tools, and a caller's finished task and image as resources read them."""
 
 from __future__ import annotations
 
@@ -9,57 +9,37 @@ from typing import Annotated
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import (
-    CallToolResult,
-    ImageContent,
-)
+from mcp.types import CallToolResult, ImageContent
 
 from .._config import Settings
 from .._errors import QolabaError
 from ..api._wire import ImageOutput, is_safe_task_id
-from ..generations._runner import Generation
+from ..generations._rows import Recorded
 from ..images._delivery import NoPreview
-from ._calls import app_of, client_key, links_allowed, run_call
+from ._calls import app_of, client_key, finished_result, run_call
 from ._context import AppContext
 from ._gallery import preview
-from ._params import (
-    IMAGE_INDEX,
-    RESULT_KEYS,
-    SAVE,
-    TaskId,
-    given,
-    keyword,
-    make_tool,
-    set_signature,
-    wait_seconds_field,
-)
-from ._results import (
-    GenerationResult,
-    explain,
-)
+from ._params import RESULT_KEYS, ImageIndex, Save, TaskId, WaitSeconds, given, limit_wait, make_tool, wait_limited
+from ._results import GenerationResult, explain
 
 
 def get_task_tool(settings: Settings) -> Tool:
-    wait = wait_seconds_field(settings, 0)
+    _, wait_default = wait_limited(settings, 0)
 
     async def get_task(
-        ctx: Context[AppContext], task_id: str, wait_seconds: float | None = None, save: bool | None = None
-    ) -> CallToolResult:
+        ctx: Context[AppContext], task_id: TaskId, wait_seconds: WaitSeconds = None, save: Save = None
+    ) -> Annotated[CallToolResult, GenerationResult]:
         started = time.monotonic()
         app = app_of(ctx)
-        wait_for = float(given(wait_seconds, wait.default))
+        wait_for = float(given(wait_seconds, wait_default))
         generation = await run_call(
             ctx,
-            lambda report, key: app.runner.get_task(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
+            lambda report, key: app.generations.get(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
             task_id=task_id,
         )
-        return await app.finish(generation, save=save, wait_seconds=wait_for, links=links_allowed(ctx), started=started)
+        return await finished_result(ctx, generation, save=save, wait_seconds=wait_for, started=started)
 
-    set_signature(
-        get_task,
-        [keyword("task_id", TaskId), keyword("wait_seconds", wait), keyword("save", SAVE)],
-        Annotated[CallToolResult, GenerationResult],
-    )
+    limit_wait(get_task, settings, 0)
     return make_tool(
         get_task,
         title="Get generation task",
@@ -73,21 +53,20 @@ def get_task_tool(settings: Settings) -> Tool:
     )
 
 
-def gallery_image_tool() -> Tool:
+async def gallery_image(ctx: Context[AppContext], task_id: TaskId, index: ImageIndex) -> CallToolResult:
     """For the gallery app alone: one image of a finished task as a small picture, so the app needs no network."""
+    app = app_of(ctx)
+    image = await finished_image(ctx, task_id, str(index))
+    try:
+        data, mime_type = await preview(app.delivery, image, decodes=app.gallery_decodes)
+    except QolabaError as exc:
+        raise ToolError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
+    except NoPreview as exc:
+        raise ToolError(f"Image {index} of task {task_id} cannot be shown: {exc}") from exc
+    return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode("ascii"), mime_type=mime_type)])
 
-    async def gallery_image(ctx: Context[AppContext], task_id: str, index: int) -> CallToolResult:
-        app = app_of(ctx)
-        image = await finished_image(ctx, task_id, str(index))
-        try:
-            data, mime_type = await preview(app.delivery, image, decodes=app.gallery_decodes)
-        except QolabaError as exc:
-            raise ToolError(f"Could not fetch image {index} of task {task_id}: {exc.message}") from exc
-        except NoPreview as exc:
-            raise ToolError(f"Image {index} of task {task_id} cannot be shown: {exc}") from exc
-        return CallToolResult(content=[ImageContent(data=base64.b64encode(data).decode("ascii"), mime_type=mime_type)])
 
-    set_signature(gallery_image, [keyword("task_id", TaskId), keyword("index", IMAGE_INDEX)], CallToolResult)
+def gallery_image_tool() -> Tool:
     return make_tool(
         gallery_image,
         title="Gallery image",
@@ -110,14 +89,13 @@ async def finished_image(ctx: Context[AppContext], task_id: str, index: str) -> 
     return generation.images[int(index)]
 
 
-async def task_for_resource(ctx: Context[AppContext], task_id: str) -> Generation:
+async def task_for_resource(ctx: Context[AppContext], task_id: str) -> Recorded:
+    """The caller's task as it is now, without waiting (a ResourceError says why not)."""
     if not is_safe_task_id(task_id):
         raise ResourceError(f"{task_id[:80]!r} is not a task_id.")
     app = app_of(ctx)
     try:
-        return await app.runner.get_task(
-            task_id, wait_seconds=0, on_progress=None, api_key=client_key(ctx, app.settings)
-        )
+        return await app.generations.get(task_id, wait_seconds=0, api_key=client_key(ctx, app.settings))
     except QolabaError as exc:
         exc.task_id = exc.task_id or task_id
         raise ResourceError(explain(exc, app.catalog)) from exc
