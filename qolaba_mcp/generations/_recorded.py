@@ -41,6 +41,7 @@ from ..ledger import (
     principal_of,
     request_hash,
 )
+from ..money._budget import DailyBudget
 from ..money._spend import Quote, SpendRefusedError, refusal
 from ._pacing import ProgressFn
 from ._rows import Recorded, changes_of, failure_changes, from_row, warning_of, without_image_bytes
@@ -271,8 +272,7 @@ class RecordedRunner:
                     row.id,
                     principal=row.principal,
                     amount=limits.quote.estimate_usd,
-                    daily_budget=limits.daily_budget,
-                    per_call_cap=limits.per_call_cap,
+                    policy=DailyBudget(daily_budget=limits.daily_budget, per_call_cap=limits.per_call_cap),
                     now=time.time(),
                 )
         except LedgerError as exc:
