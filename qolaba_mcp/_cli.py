@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 
@@ -209,13 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spend(*, as_json: bool) -> int:
-    from .server._server import spend_text
+    from ._reports import spend_text
 
     return _print_report(lambda settings: spend_text(settings, as_json))
 
 
 def _history(*, search: str | None, limit: int) -> int:
-    from .server._server import history_table
+    from ._reports import history_table
 
     return _print_report(lambda settings: history_table(settings, search, max(1, min(limit, 200))))
 
@@ -250,8 +250,8 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"qolaba-mcp: {exc}", file=sys.stderr)
         return 2
-    # Flags win over the environment; model_copy keeps everything else as read.
-    updates: dict[str, object] = {
+    # Flags win over the environment, and are validated as it is.
+    updates: dict[str, Any] = {
         "mcp_allowed_hosts": [*settings.mcp_allowed_hosts, *args.allowed_host],
         "mcp_allowed_origins": [*settings.mcp_allowed_origins, *args.allowed_origin],
         "mcp_allow_client_keys": settings.mcp_allow_client_keys or args.allow_client_keys,
@@ -269,7 +269,13 @@ def _serve(args: argparse.Namespace) -> int:
         if settings.ledger_url is None:  # a throwaway API gets a throwaway ledger: the user's history stays theirs
             updates["ledger_url"] = "sqlite:///:memory:"
         logging.getLogger("qolaba_mcp").warning("using an in-process sandbox at %s", sandbox.base_url)
-    settings = settings.model_copy(update=updates)
+    try:
+        settings = Settings.from_env(**updates)
+    except SettingsError as exc:
+        if sandbox is not None:
+            sandbox.stop()
+        print(f"qolaba-mcp: {exc}", file=sys.stderr)
+        return 2
     # Set as the HTTP server starts to stop, so that calls still waiting return their task_id at once.
     stopping = anyio.Event()
     try:

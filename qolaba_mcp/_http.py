@@ -17,16 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 
-import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from sse_starlette.sse import AppStatus
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._config import Settings
-from .server._server import DISCONNECTED
+from .server._disconnect import DisconnectSignal
 
 log = logging.getLogger("qolaba_mcp.http")
 
@@ -90,36 +89,6 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": content})
-
-
-class DisconnectSignal:
-    """Puts an event in each HTTP request's state that is set once its client disconnects.
-
-    In stateful mode the SDK keeps serving a request after its response stream closes (for resumable streams,
-    which this server does not offer); the tools wait on this event to stop polling for a client that left.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        gone = anyio.Event()
-        scope.setdefault("state", {})[DISCONNECTED] = gone
-
-        async def watched_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone.set()
-            return message
-
-        try:
-            await self._app(scope, watched_receive, send)
-        except OSError:
-            gone.set()
-            raise
 
 
 def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: bool, insecure_no_auth: bool) -> ASGIApp:

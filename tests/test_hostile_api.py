@@ -1,6 +1,6 @@
 """The hardening issue against a misbehaving Qolaba API: each item's class of input, scripted byte for byte.
 
-Unit-ish tests point QolabaClient/Jobs at a HostileServer; end-to-end ones run the real server over stdio (or
+Unit-ish tests point QolabaClient/Runner at a HostileServer; end-to-end ones run the real server over stdio (or
 HTTP) against it. Images are served by the same HostileServer, so they stay on the API's own (trusted) origin.
 """
 
@@ -32,7 +32,8 @@ from qolaba_mcp._errors import (
 )
 from qolaba_mcp.api._client import MAX_RESPONSE_BYTES, QolabaClient
 from qolaba_mcp.api._wire import MAX_IMAGES, GenerateRequest, GenerateResult, ImageOutput, Task, TaskCreated
-from qolaba_mcp.generations._runner import Generation, Jobs, PollPolicy, RetryPolicy
+from qolaba_mcp.generations._pacing import PollPolicy, RetryPolicy
+from qolaba_mcp.generations._runner import Generation, Runner
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.sandbox._png import render_png
 from qolaba_mcp.server._results import TEXT_BUDGET, generation_result
@@ -96,8 +97,8 @@ async def api(host: HostileServer, **kwargs: Any) -> AsyncIterator[QolabaClient]
         yield client
 
 
-def quick_jobs(client: QolabaClient) -> Jobs:
-    return Jobs(
+def quick_jobs(client: QolabaClient) -> Runner:
+    return Runner(
         client=client, poll=PollPolicy(min_interval=0.05, max_interval=0.2), retry=RetryPolicy(base_backoff=0.05)
     )
 
@@ -539,7 +540,7 @@ async def test_odd_progress_values_never_break_progress() -> None:
         host.route("POST", GEN, json_reply(202, {"task_id": "t1"}))
         host.route("GET", task_path("t1"), sequence(*replies))
         async with api(host) as client:
-            jobs = Jobs(client=client, poll=PollPolicy(min_interval=0.01, max_interval=0.05))
+            jobs = Runner(client=client, poll=PollPolicy(min_interval=0.01, max_interval=0.05))
             generation = await jobs.generate(async_request(), wait_seconds=20, on_progress=record)
     assert generation.status == "SUCCESS" and generation.polls == len(values)
     assert all(math.isfinite(value) for value, _ in seen), seen

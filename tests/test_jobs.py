@@ -10,7 +10,8 @@ import pytest
 from qolaba_mcp._errors import NetworkError, RateLimitError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._runner import Jobs, PollPolicy, RetryPolicy, _Forecast, _Progress
+from qolaba_mcp.generations._pacing import Forecast, PollPolicy, Progress, RetryPolicy
+from qolaba_mcp.generations._runner import Runner
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
 pytestmark = pytest.mark.anyio
@@ -34,10 +35,10 @@ def test_poll_aims_just_past_the_predicted_end(remaining: float | None, expected
 
 
 def test_forecast_from_the_start_or_from_two_observations() -> None:
-    from_start = _Forecast(task_started=100.0)
+    from_start = Forecast(task_started=100.0)
     from_start.observe(0.25, at=101.0)  # a quarter done after 1 s: 3 s to go
     assert from_start.remaining(101.0) == pytest.approx(3.0) and from_start.remaining(102.5) == pytest.approx(1.5)
-    unknown_start = _Forecast(task_started=None)
+    unknown_start = Forecast(task_started=None)
     unknown_start.observe(0.40, at=10.0)
     assert unknown_start.remaining(10.0) is None  # one observation and no start: no pace yet
     unknown_start.observe(0.60, at=12.0)  # 20 % in 2 s: 4 s to go
@@ -61,7 +62,7 @@ async def test_progress_strictly_increases_whatever_it_is_fed() -> None:
     async def record(progress: float, total: float | None, message: str) -> None:
         seen.append((progress, total, message))
 
-    progress = _Progress(record)
+    progress = Progress(record)
     for fraction in (None, 0.4, 0.4, 0.2, None, 1.0, 1.0):
         await progress("PROCESSING", fraction)
     values = [value for value, _, _ in seen]
@@ -77,7 +78,7 @@ def request() -> GenerateRequest:
 async def test_submission_retried_on_429_only_as_often_as_allowed(qolaba_sandbox: SandboxServer) -> None:
     qolaba_sandbox.configure(faults=[Fault(kind="rate_limit", rate=1, on="submit")], retry_after=0.05)
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        jobs = Jobs(client=client, retry=RetryPolicy(submit_attempts=4, base_backoff=0.01))
+        jobs = Runner(client=client, retry=RetryPolicy(submit_attempts=4, base_backoff=0.01))
         with pytest.raises(RateLimitError):
             await jobs.generate(request(), wait_seconds=5)
     assert qolaba_sandbox.stats()["submit_requests"] == 4
@@ -89,7 +90,7 @@ async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer,
     qolaba_sandbox.configure(faults=[Fault(kind=kind, rate=1, on="submit")])  # type: ignore[arg-type]
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
         with pytest.raises(NetworkError) as caught:
-            await Jobs(client=client).generate(request(), wait_seconds=5)
+            await Runner(client=client).generate(request(), wait_seconds=5)
     assert caught.value.request_sent
     stats = qolaba_sandbox.stats()
     assert stats["submit_requests"] == 1 and stats["submissions"] == created
@@ -99,7 +100,7 @@ async def test_submission_never_retried_once_sent(qolaba_sandbox: SandboxServer,
 async def test_garbled_submission_answer_is_followed_not_resubmitted(qolaba_sandbox: SandboxServer) -> None:
     qolaba_sandbox.configure(faults=[Fault(kind="malformed", rate=1, on="submit")])
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        generation = await Jobs(client=client).generate(request(), wait_seconds=10)
+        generation = await Runner(client=client).generate(request(), wait_seconds=10)
     assert generation.status == "SUCCESS" and generation.images
     stats = qolaba_sandbox.stats()
     assert stats["submit_requests"] == 1 and stats["submissions"] == 1
@@ -116,7 +117,7 @@ async def test_poll_failures_are_ridden_out(qolaba_sandbox: SandboxServer) -> No
         random_seed=1,  # the first poll's die comes up 0.13: a server error, so the retry path surely runs
     )
     async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        jobs = Jobs(client=client, retry=RetryPolicy(base_backoff=0.05), poll=PollPolicy(min_interval=0.05))
+        jobs = Runner(client=client, retry=RetryPolicy(base_backoff=0.05), poll=PollPolicy(min_interval=0.05))
         generation = await jobs.generate(request(), wait_seconds=20)
     assert generation.status == "SUCCESS" and generation.images
     assert qolaba_sandbox.stats()["faults_total"] > 0

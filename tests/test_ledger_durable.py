@@ -31,8 +31,9 @@ from pydantic import SecretStr
 from qolaba_mcp._errors import QolabaError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._recorded import TrackedJobs
-from qolaba_mcp.generations._runner import Generation, Jobs, PollPolicy
+from qolaba_mcp.generations._pacing import PollPolicy
+from qolaba_mcp.generations._recorded import RecordedRunner
+from qolaba_mcp.generations._runner import Generation, Runner
 from qolaba_mcp.ledger import WriteQueue, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 
@@ -120,9 +121,9 @@ async def test_an_identical_call_never_joins_a_result_whose_record_is_behind(
     await ledger.open()
     try:
         async with QolabaClient(base_url=sandbox.base_url, api_key=SERVER_KEY) as client:
-            jobs = Jobs(client=client, poll=PollPolicy(min_interval=0.05))
-            tracked = TrackedJobs(
-                jobs=jobs,
+            jobs = Runner(client=client, poll=PollPolicy(min_interval=0.05))
+            tracked = RecordedRunner(
+                runner=jobs,
                 ledger=ledger,
                 api_base=sandbox.base_url,
                 api_key=SecretStr(SERVER_KEY),
@@ -173,11 +174,15 @@ async def test_a_postgres_connection_dropped_mid_write_still_lands_the_record(
     admin = await asyncpg.connect(postgres_url)
     try:
         async with QolabaClient(base_url=sandbox.base_url, api_key=SERVER_KEY) as client:
-            jobs = Jobs(client=client, poll=PollPolicy(min_interval=0.05))
+            jobs = Runner(client=client, poll=PollPolicy(min_interval=0.05))
             async with (
                 jobs,
-                TrackedJobs(
-                    jobs=jobs, ledger=ledger, api_base=sandbox.base_url, api_key=SecretStr(SERVER_KEY), join_window=900
+                RecordedRunner(
+                    runner=jobs,
+                    ledger=ledger,
+                    api_base=sandbox.base_url,
+                    api_key=SecretStr(SERVER_KEY),
+                    join_window=900,
                 ) as tracked,
             ):
                 done: list[Generation] = []

@@ -173,7 +173,7 @@ def test_kill_9_mid_generation_then_restart_finishes_with_one_submission(
     second = RawServer(env)
     try:
         history = second.call("list_generations", {"search": "fox"})["structuredContent"]["generations"]
-        assert len(history) == 1 and history[0]["status"] in ("submitted", "running")
+        assert len(history) == 1 and history[0]["status"] == "PENDING"
         task_id = history[0]["task_id"]
         finished = second.call("get_task", {"task_id": task_id, "wait_seconds": 20})["structuredContent"]
         assert finished["status"] == "SUCCESS" and finished["images"]
@@ -223,7 +223,7 @@ def test_a_submission_cut_off_by_a_crash_is_unknown_never_lost(sandbox: SandboxS
     try:
         listed = second.call("list_generations", {})
         rows = listed["structuredContent"]["generations"]
-        assert [row["status"] for row in rows] == ["unknown"]
+        assert [row["status"] for row in rows] == ["UNKNOWN"]
         assert "check before retrying" in listed["content"][0]["text"]
     finally:
         second.stop()

@@ -22,8 +22,9 @@ from pydantic import SecretStr
 from qolaba_mcp._errors import QolabaError, ResponseFormatError
 from qolaba_mcp.api._client import QolabaClient
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._recorded import TrackedJobs
-from qolaba_mcp.generations._runner import Jobs, PollPolicy, RetryPolicy
+from qolaba_mcp.generations._pacing import PollPolicy, RetryPolicy
+from qolaba_mcp.generations._recorded import RecordedRunner
+from qolaba_mcp.generations._runner import Runner
 from qolaba_mcp.ledger import Changes, LedgerRow, LedgerStore, NewGeneration, Query, open_ledger
 
 from .conftest import connect
@@ -98,17 +99,17 @@ _DOOMED = """
 import sys, anyio
 from pydantic import SecretStr
 from qolaba_mcp.api._client import QolabaClient
-from qolaba_mcp.generations._runner import Jobs
+from qolaba_mcp.generations._runner import Runner
 from qolaba_mcp.api._wire import GenerateRequest
-from qolaba_mcp.generations._recorded import TrackedJobs
+from qolaba_mcp.generations._recorded import RecordedRunner
 from qolaba_mcp.ledger import open_ledger
 
 async def main() -> None:
     base, url, key = sys.argv[1:4]
     ledger = open_ledger(url)
     await ledger.open()
-    async with QolabaClient(base_url=base, api_key=key) as client, Jobs(client=client) as jobs:
-        tracked = TrackedJobs(jobs=jobs, ledger=ledger, api_base=base, api_key=SecretStr(key), join_window=900,
+    async with QolabaClient(base_url=base, api_key=key) as client, Runner(client=client) as jobs:
+        tracked = RecordedRunner(runner=jobs, ledger=ledger, api_base=base, api_key=SecretStr(key), join_window=900,
                               lease_seconds=1.0, heartbeat_seconds=0.2)
         async with tracked:
             await tracked.generate(GenerateRequest(model="vertex/nano-banana-flash", prompt="a red fox in the snow",
@@ -119,16 +120,21 @@ anyio.run(main)
 
 
 @asynccontextmanager
-async def tracked_jobs(host: HostileServer, url: str, **kwargs: Any) -> AsyncIterator[TrackedJobs]:
+async def tracked_jobs(host: HostileServer, url: str, **kwargs: Any) -> AsyncIterator[RecordedRunner]:
     ledger = open_ledger(url)
     await ledger.open()
     try:
         async with QolabaClient(base_url=host.base_url, api_key=KEY) as client:
-            jobs = Jobs(client=client, poll=PollPolicy(min_interval=0.05), retry=RetryPolicy(base_backoff=0.05))
+            jobs = Runner(client=client, poll=PollPolicy(min_interval=0.05), retry=RetryPolicy(base_backoff=0.05))
             async with (
                 jobs,
-                TrackedJobs(
-                    jobs=jobs, ledger=ledger, api_base=host.base_url, api_key=SecretStr(KEY), join_window=900, **kwargs
+                RecordedRunner(
+                    runner=jobs,
+                    ledger=ledger,
+                    api_base=host.base_url,
+                    api_key=SecretStr(KEY),
+                    join_window=900,
+                    **kwargs,
                 ) as tracked,
             ):
                 yield tracked

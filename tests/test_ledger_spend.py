@@ -19,6 +19,7 @@ from qolaba_mcp.ledger import (
     Reservation,
     open_ledger,
 )
+from qolaba_mcp.money._budget import DailyBudget
 from tests.test_ledger_store import ALICE, BOB, NOW, backend, concurrently, new, raw
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +49,11 @@ async def reserve(
     per_call_cap: float | None = None,
 ) -> Reservation:
     return await store.reserve(
-        row.id, principal=row.principal, amount=amount, daily_budget=daily_budget, per_call_cap=per_call_cap, now=now
+        row.id,
+        principal=row.principal,
+        amount=amount,
+        policy=DailyBudget(daily_budget=daily_budget, per_call_cap=per_call_cap),
+        now=now,
     )
 
 
@@ -122,9 +127,13 @@ async def test_reserve_holds_the_amount_and_update_keeps_it(store: LedgerStore) 
 async def test_a_reservation_needs_the_principals_own_existing_row(store: LedgerStore) -> None:
     bobs = await row_at(store, NOW, principal=BOB)
     with pytest.raises(LedgerError, match="no generation"):
-        await store.reserve(bobs.id, principal=ALICE, amount=0.1, daily_budget=1.0, per_call_cap=None, now=NOW)
+        await store.reserve(
+            bobs.id, principal=ALICE, amount=0.1, policy=DailyBudget(daily_budget=1.0, per_call_cap=None), now=NOW
+        )
     with pytest.raises(LedgerError, match="no generation"):
-        await store.reserve("missing", principal=ALICE, amount=0.1, daily_budget=1.0, per_call_cap=None, now=NOW)
+        await store.reserve(
+            "missing", principal=ALICE, amount=0.1, policy=DailyBudget(daily_budget=1.0, per_call_cap=None), now=NOW
+        )
     with pytest.raises(LedgerError, match="no generation"):
         await store.release("missing", now=NOW)
     with pytest.raises(LedgerError, match="no generation"):
@@ -222,11 +231,21 @@ async def test_a_custom_window(store: LedgerStore) -> None:
     assert (await reserve(store, await row_at(store, NOW - 60), 0.3, now=NOW - 60)).ok
     row = await row_at(store, NOW)
     hour = await store.reserve(
-        row.id, principal=ALICE, amount=0.1, daily_budget=0.3, per_call_cap=None, window_seconds=3600, now=NOW
+        row.id,
+        principal=ALICE,
+        amount=0.1,
+        policy=DailyBudget(daily_budget=0.3, per_call_cap=None),
+        window_seconds=3600,
+        now=NOW,
     )
     assert not hour.ok and hour.frees_at == NOW - 60 + 3600
     minute = await store.reserve(
-        row.id, principal=ALICE, amount=0.1, daily_budget=0.3, per_call_cap=None, window_seconds=60, now=NOW
+        row.id,
+        principal=ALICE,
+        amount=0.1,
+        policy=DailyBudget(daily_budget=0.3, per_call_cap=None),
+        window_seconds=60,
+        now=NOW,
     )
     assert minute.ok and minute.spent_usd == 0.0
 

@@ -74,7 +74,7 @@ async def test_a_client_gone_mid_generation_is_a_clean_exit(sandbox: SandboxServ
     async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_LEDGER_URL=ledger) as client:
         listed = await client.call_tool("list_generations", {"search": "outlives"})
         rows = listed.structured_content["generations"]  # type: ignore[index]
-        assert [row["status"] for row in rows] == ["submitted"]
+        assert [row["status"] for row in rows] == ["PENDING"]
         finished = await client.call_tool("get_task", {"task_id": rows[0]["task_id"], "wait_seconds": 20})
     assert finished.structured_content["status"] == "SUCCESS", finished.content  # type: ignore[index]
     assert sandbox.stats()["submissions"] == 1

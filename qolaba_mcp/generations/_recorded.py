@@ -1,10 +1,10 @@
 """Generations kept in the ledger: written before the API is called, joined instead of paid twice, answerable later.
 
-The job runner (``Jobs``) talks to the API; this layer keeps the record around it and decides, per call, whether
+The job runner (``Runner``) talks to the API; this layer keeps the record around it and decides, per call, whether
 a generation is new (submit) or the same as one already paid for (join). It knows nothing of MCP.
 
 Each process is an owner (a random id): the rows it is submitting carry it and a lease its heartbeat renews every
-``heartbeat_seconds`` while it lives (enter ``TrackedJobs`` for the server's life). A retry that finds an identical
+``heartbeat_seconds`` while it lives (enter ``RecordedRunner`` for the server's life). A retry that finds an identical
 submission whose lease ran out (its process died between sending and recording) does not wait on it or pay again
 blindly: the row becomes ``unknown`` and the caller is told it may have been charged; calling again after that
 warning submits. Records are written through a ``WriteQueue``: a ledger that is busy or unreachable delays a
@@ -24,22 +24,15 @@ import anyio
 from pydantic import SecretStr
 
 from .._errors import (
-    AuthenticationError,
-    BadRequestError,
-    MissingApiKeyError,
-    NetworkError,
     QolabaError,
-    RateLimitError,
     TaskNotFoundError,
 )
-from ..api._wire import GenerateRequest, ImageOutput, Usage
+from ..api._wire import GenerateRequest
 from ..ledger import (
     ACTIVE_STATES,
     Changes,
-    ImageRecord,
     LedgerError,
     LedgerRow,
-    LedgerState,
     LedgerStore,
     NewGeneration,
     Query,
@@ -48,8 +41,11 @@ from ..ledger import (
     principal_of,
     request_hash,
 )
+from ..money._budget import DailyBudget
 from ..money._spend import Quote, SpendRefusedError, refusal
-from ._runner import Generation, Jobs, ProgressFn, is_local_task_id, unknown_sync
+from ._pacing import ProgressFn
+from ._rows import Recorded, changes_of, failure_changes, from_row, warning_of, without_image_bytes
+from ._runner import Generation, Runner, is_local_task_id, unknown_sync
 
 log = logging.getLogger("qolaba_mcp.tracked")
 
@@ -58,8 +54,6 @@ log = logging.getLogger("qolaba_mcp.tracked")
 SUBMITTING_GRACE = 5.0
 # A new generation identical to one delivered this recently gets a note: the caller may not know it pays again.
 REPEAT_NOTICE_SECONDS = 600.0
-# The ledger has no seed column: the seed the API reported is kept with the usage it reported, under this key.
-_SEED = "seed"
 LEASE_S = 20.0  # how long a submitting row stays owned without its owner's heartbeat
 HEARTBEAT_S = 5.0  # how often a live process renews its submitting rows' leases
 _FOLLOW_INTERVAL = 0.25  # seconds between looks at a row another call is submitting
@@ -67,15 +61,10 @@ RECORD_PENDING = (
     "the ledger was busy, so this generation's record is not written yet; the server keeps retrying it (spend "
     "and history catch up once it lands)"
 )
-_UNKNOWN_NEXT = (
-    "The submission was sent but its answer was never recorded (the server stopped or the connection broke), so "
-    "whether a task exists is unknown. Check the Qolaba dashboard before retrying: a retry may be a second paid "
-    "generation."
-)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Budget:
+class SpendLimits:
     """What a new generation must fit: its quote, held against these limits (None: no such limit)."""
 
     quote: Quote
@@ -83,20 +72,13 @@ class Budget:
     per_call_cap: float | None = None
 
 
-class Tracked(Generation):
-    """A generation with its ledger row: ``joined`` when this call joined an identical earlier one."""
-
-    row_id: str | None = None
-    joined: bool = False
-
-
-class TrackedJobs:
-    """Jobs with a ledger: every generation recorded, identical retries joined, tasks answerable after restarts."""
+class RecordedRunner:
+    """Runner with a ledger: every generation recorded, identical retries joined, tasks answerable after restarts."""
 
     def __init__(
         self,
         *,
-        jobs: Jobs,
+        runner: Runner,
         ledger: LedgerStore,
         api_base: str,
         api_key: SecretStr | None,
@@ -107,7 +89,7 @@ class TrackedJobs:
         heartbeat_seconds: float = HEARTBEAT_S,
         writes: WriteQueue | None = None,
     ) -> None:
-        self.jobs = jobs
+        self.runner = runner
         self.ledger = ledger
         self._api_base = api_base
         self._api_key = api_key
@@ -118,7 +100,7 @@ class TrackedJobs:
         self._lease = lease_seconds
         self._heartbeat = heartbeat_seconds
         self.owner = uuid.uuid4().hex  # this process, as the owner of the rows it submits
-        # Given a queue, its owner enters it (the server: around Jobs, so that records of what Jobs ends on the way
+        # Given a queue, its owner enters it (the server: around Runner, so that records of what Runner ends on the way
         # out are flushed too); else this runner enters its own.
         self._own_writes = writes is None
         self.writes = writes or WriteQueue(ledger=ledger)
@@ -186,11 +168,11 @@ class TrackedJobs:
         on_progress: ProgressFn | None = None,
         api_key: SecretStr | None = None,
         inputs: list[str] | None = None,
-        budget: Budget | None = None,
-    ) -> Tracked:
+        limits: SpendLimits | None = None,
+    ) -> Recorded:
         """Join the identical generation already running or undelivered, or record a new one and submit it.
 
-        A new one records ``budget``'s estimate; under a daily budget it first holds the estimate in the ledger,
+        A new one records ``limits``' estimate; under a daily budget it first holds the estimate in the ledger,
         atomically against the caps: refused, it is recorded as failed and nothing is sent. Its actual cost
         replaces the hold once known; a failure frees it; a submission whose fate is unknown keeps it."""
         body = request.to_api()
@@ -199,11 +181,11 @@ class TrackedJobs:
             principal=self.principal(api_key),
             api_base=self._api_base,
             request_hash=request_hash(body),  # of the whole request: the same local file joins, another does not
-            request=_without_image_bytes(body),
+            request=without_image_bytes(body),
             model=request.model,
             prompt=request.prompt,
             inputs=inputs or [],
-            estimate_usd=budget.quote.estimate_usd if budget else None,
+            estimate_usd=limits.quote.estimate_usd if limits else None,
             owner=self.owner,
         )
         deadline = time.monotonic() + wait_seconds
@@ -215,23 +197,23 @@ class TrackedJobs:
         if joined and row.state == "unknown":
             log.warning("generation %s may have been paid for without a recorded answer: warning, not submitting",
                         row.id)  # fmt: skip
-            return _warning(row)
+            return warning_of(row)
         if joined:
             log.info("joining generation %s (task %s) instead of submitting again", row.id, row.task_id)
             return await self._follow(row, deadline=deadline, on_progress=on_progress, api_key=api_key)
-        if budget is not None and budget.quote.estimate_usd is not None and budget.daily_budget is not None:
-            await self._reserve(row, budget)  # money is held only where a budget counts it
+        if limits is not None and limits.quote.estimate_usd is not None and limits.daily_budget is not None:
+            await self._reserve(row, limits)  # money is held only where a budget counts it
         repeat = await self._repeat_note(new)
         self._submitting += 1
         try:
-            tracked = await self._submit(
+            result = await self._submit(
                 row, request, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
             )
         finally:
             self._submitting -= 1
-        notes = tracked.notes if repeat is None else [repeat, *tracked.notes]
-        estimate = budget.quote.estimate_usd if budget else None
-        return tracked.model_copy(update={"estimate_usd": estimate, "notes": notes})
+        notes = result.notes if repeat is None else [repeat, *result.notes]
+        estimate = limits.quote.estimate_usd if limits else None
+        return result.model_copy(update={"estimate_usd": estimate, "notes": notes})
 
     async def _begin(self, new: NewGeneration) -> tuple[LedgerRow, bool]:
         now = time.time()
@@ -281,17 +263,16 @@ class TrackedJobs:
             row = await self.ledger.get(row.id) or row
         return row
 
-    async def _reserve(self, row: LedgerRow, budget: Budget) -> None:
+    async def _reserve(self, row: LedgerRow, limits: SpendLimits) -> None:
         """Hold the estimate on the new row, or record the refusal and raise it: nothing is submitted then."""
-        assert budget.quote.estimate_usd is not None
+        assert limits.quote.estimate_usd is not None
         try:
             with anyio.CancelScope(shield=True):  # a hold must never be half-written by a leaving caller
                 held = await self.ledger.reserve(
                     row.id,
                     principal=row.principal,
-                    amount=budget.quote.estimate_usd,
-                    daily_budget=budget.daily_budget,
-                    per_call_cap=budget.per_call_cap,
+                    amount=limits.quote.estimate_usd,
+                    policy=DailyBudget(daily_budget=limits.daily_budget, per_call_cap=limits.per_call_cap),
                     now=time.time(),
                 )
         except LedgerError as exc:
@@ -303,7 +284,7 @@ class TrackedJobs:
                 "Retry shortly, or ask the server's operator to check QOLABA_LEDGER_URL."
             ) from exc
         if not held.ok:
-            text = refusal(held, budget.quote)
+            text = refusal(held, limits.quote)
             await self._record(row.id, Changes(state="failed", error=text[:500], finished_at=time.time()))
             raise SpendRefusedError(text)
 
@@ -315,7 +296,7 @@ class TrackedJobs:
         wait_seconds: float,
         on_progress: ProgressFn | None,
         api_key: SecretStr | None,
-    ) -> Tracked:
+    ) -> Recorded:
         task: list[str] = []
 
         async def submitted(task_id: str) -> None:
@@ -326,10 +307,10 @@ class TrackedJobs:
             if isinstance(outcome, Generation):
                 await self._record_generation(row.id, outcome)
             else:
-                await self._record(row.id, _failure(outcome, task_sent=True))
+                await self._record(row.id, failure_changes(outcome, task_sent=True))
 
         try:
-            generation = await self.jobs.generate(
+            generation = await self.runner.generate(
                 request,
                 wait_seconds=wait_seconds,
                 on_progress=on_progress,
@@ -339,7 +320,7 @@ class TrackedJobs:
             )
         except QolabaError as exc:
             if not task:  # whatever ended the call before a task id, the record says what is known
-                await self._record(row.id, _failure(exc, task_sent=False))
+                await self._record(row.id, failure_changes(exc, task_sent=False))
             raise
         except BaseException:
             if not task:  # cancelled mid-submission: it may have reached the API
@@ -349,22 +330,22 @@ class TrackedJobs:
             # (a synchronous request still running was recorded by on_submitted; on_settled records its end)
             await self._record_generation(row.id, generation)
         notes = [*generation.notes, RECORD_PENDING] if self.writes.pending(row.id) else generation.notes
-        return Tracked(**generation.model_dump(exclude={"notes"}), notes=notes, row_id=row.id)
+        return Recorded(**generation.model_dump(exclude={"notes"}), notes=notes, row_id=row.id)
 
     async def _follow(
         self, row: LedgerRow, *, deadline: float, on_progress: ProgressFn | None, api_key: SecretStr | None
-    ) -> Tracked:
+    ) -> Recorded:
         """Follow a generation another call started, once it has its task id (or ended): the task itself."""
         if row.state in ("succeeded", "failed", "unknown", "submitting") or row.task_id is None:
-            return _from_row(row, joined=True)
+            return from_row(row, joined=True)
         generation = await self._poll(row, wait_seconds=max(deadline - time.monotonic(), 0), progress=on_progress,
                                       api_key=api_key)  # fmt: skip
-        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id,
+        return Recorded(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id,
                        joined=True)  # fmt: skip
 
     async def get_task(
         self, task_id: str, *, wait_seconds: float, on_progress: ProgressFn | None, api_key: SecretStr | None
-    ) -> Tracked:
+    ) -> Recorded:
         """A task from the ledger (finished ones without asking the API), polled while it runs; the caller's only."""
         principal = self.principal(api_key)
         try:
@@ -378,14 +359,14 @@ class TrackedJobs:
                 raise unknown_sync(task_id)
             raise TaskNotFoundError(f"No task {task_id!r}.", status_code=404)
         if row is None:
-            generation = await self.jobs.get_task(
+            generation = await self.runner.get_task(
                 task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key
             )
-            return Tracked(**generation.model_dump())
+            return Recorded(**generation.model_dump())
         if row.state in ("succeeded", "failed", "unknown"):
-            return _from_row(row, joined=False)
+            return from_row(row, joined=False)
         generation = await self._poll(row, wait_seconds=wait_seconds, progress=on_progress, api_key=api_key)
-        return Tracked(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id)
+        return Recorded(**generation.model_dump(exclude={"estimate_usd"}), estimate_usd=row.estimate_usd, row_id=row.id)
 
     async def _poll(
         self, row: LedgerRow, *, wait_seconds: float, progress: ProgressFn | None, api_key: SecretStr | None
@@ -393,7 +374,7 @@ class TrackedJobs:
         """Poll the row's task and record what the API says; once the API has forgotten it, the ledger answers."""
         assert row.task_id is not None
         try:
-            generation = await self.jobs.get_task(
+            generation = await self.runner.get_task(
                 row.task_id, wait_seconds=wait_seconds, on_progress=progress, api_key=api_key
             )
         except TaskNotFoundError:
@@ -403,8 +384,8 @@ class TrackedJobs:
                     latest = await self.ledger.update(
                         row.id, Changes(state="unknown", error="the server holding it stopped"), now=time.time()
                     )
-                return _from_row(latest, joined=False)
-            found = _from_row(row, joined=False)
+                return from_row(latest, joined=False)
+            found = from_row(row, joined=False)
             return found.model_copy(
                 update={"notes": [*found.notes, "the API no longer knows this task; this is what the ledger holds"]}
             )
@@ -447,7 +428,7 @@ class TrackedJobs:
         return await self.ledger.history(query)
 
     async def _record_generation(self, row_id: str, generation: Generation) -> None:
-        await self._record(row_id, _changes(generation))
+        await self._record(row_id, changes_of(generation))
 
     async def _record(self, row_id: str, changes: Changes) -> None:
         """Write to the ledger even while the call is being cancelled, and keep retrying it while the ledger is
@@ -466,112 +447,3 @@ class TrackedJobs:
                 await ledger.release(row_id, now=now)
 
         await self.writes.write(row_id, f"its {changes.state or 'files'} record", write)
-
-
-def _without_image_bytes(body: dict[str, Any]) -> dict[str, Any]:
-    """The request as the ledger keeps it: a ``data:`` URI (a local file's bytes) becomes a short placeholder."""
-
-    def short(value: Any) -> Any:
-        if isinstance(value, str) and value[:5].lower() == "data:":
-            return f"{value[: value.find(',') + 1 or 40][:60]}... ({len(value)} characters, not kept)"
-        return value
-
-    kept = dict(body)
-    if isinstance(kept.get("image_urls"), list):
-        kept["image_urls"] = [short(url) for url in kept["image_urls"]]
-    if isinstance(kept.get("reference_images"), list):
-        kept["reference_images"] = [
-            {**ref, "url": short(ref.get("url"))} if isinstance(ref, dict) else ref for ref in kept["reference_images"]
-        ]
-    if "mask_url" in kept:
-        kept["mask_url"] = short(kept["mask_url"])
-    return kept
-
-
-def _changes(generation: Generation) -> Changes:
-    state: LedgerState = "succeeded" if generation.status == "SUCCESS" else "running"
-    if generation.status == "FAILED":
-        state = "failed"
-    usage = generation.usage.model_dump(mode="json", exclude_none=True) if generation.usage else None
-    if generation.seed is not None:  # the seed the API used (chosen by it when none was asked for)
-        usage = {**(usage or {}), _SEED: generation.seed}
-    return Changes(
-        state=state,
-        task_id=generation.task_id,
-        finished_at=time.time() if generation.done else None,
-        images=_images(generation) if generation.done else None,
-        usage=usage,
-        cost_usd=generation.usage.cost_usd if generation.usage else None,
-        error=generation.error,
-    )
-
-
-def _images(generation: Generation) -> list[ImageRecord]:
-    return [
-        ImageRecord(**image.model_dump(include={"url", "width", "height", "content_type"}))
-        for image in generation.images
-    ]
-
-
-def _failure(exc: QolabaError, *, task_sent: bool) -> Changes:
-    """What a failed call leaves in the record: refused (nothing created), or unknown (it may have been created)."""
-    refused = isinstance(exc, BadRequestError | MissingApiKeyError | RateLimitError) or (
-        isinstance(exc, NetworkError) and not exc.request_sent
-    )
-    if isinstance(exc, AuthenticationError) and not task_sent:
-        refused = True
-    if exc.task_id is not None:
-        return Changes(state="submitted", task_id=exc.task_id)
-    if refused:
-        return Changes(state="failed", error=exc.message[:500], finished_at=time.time())
-    return Changes(state="unknown", error=exc.message[:500])
-
-
-def row_seed(row: LedgerRow) -> int | None:
-    """The seed a generation used: the one the API reported, else the one asked for."""
-    for seed in ((row.usage or {}).get(_SEED), row.request.get("seed")):
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            return seed
-    return None
-
-
-def _warning(row: LedgerRow) -> Tracked:
-    """What a retry is told instead of submitting when an identical earlier submission may have been charged."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row.created_at))
-    task = f" (task {row.task_id})" if row.task_id else ""
-    why = (row.error or "reason unknown")[:200]
-    text = (
-        f"Nothing was submitted: an identical generate_image call at {when} (ledger row {row.id}{task}) was sent to "
-        f"the Qolaba API but its answer was never recorded ({why}), so it may have been "
-        "charged. Check the Qolaba dashboard for it first. To generate anyway, call generate_image again with the "
-        "same arguments (this warning is given once per such call) or change an argument such as the seed."
-    )
-    found = _from_row(row, joined=False)
-    return found.model_copy(update={"notes": [], "error": text})
-
-
-def _from_row(row: LedgerRow, *, joined: bool) -> Tracked:
-    """A result from the record alone (the task finished, or the API no longer knows it)."""
-    status: Any = {"succeeded": "SUCCESS", "failed": "FAILED", "unknown": "UNKNOWN"}.get(row.state, "PENDING")
-    billing = {key: value for key, value in (row.usage or {}).items() if key != _SEED}
-    usage = Usage.model_validate(billing) if billing else None
-    notes = []
-    if row.state == "unknown":
-        notes.append(_UNKNOWN_NEXT)
-    if row.state == "submitting":
-        notes.append("an identical call is submitting this generation; call generate_image again to join it")
-    return Tracked(
-        task_id=row.task_id,
-        status=status,
-        model=row.model,
-        prompt=row.prompt,
-        seed=row_seed(row),
-        images=[ImageOutput(**image.model_dump()) for image in row.images],
-        usage=usage,
-        error=row.error if row.state != "succeeded" else None,
-        elapsed_seconds=0.0,
-        notes=notes,
-        estimate_usd=row.estimate_usd,
-        row_id=row.id,
-        joined=joined,
-    )

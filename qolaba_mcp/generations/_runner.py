@@ -1,8 +1,8 @@
-"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's budget.
+"""The job lifecycle: submit once, poll with backoff, report progress, and never wait past the caller's wait.
 
 Time: each poll is bounded, body included, by the call's remaining wait plus ``POLL_MARGIN``; an async submission
 by ``max(wait_seconds, SUBMIT_MIN_SECONDS)``. A synchronous generation (``celery: false``) is one long request that
-cannot be resumed elsewhere: it runs in ``Jobs``' own task group (open for the server's life), and when it outlives
+cannot be resumed elsewhere: it runs in ``Runner``' own task group (open for the server's life), and when it outlives
 the call's wait the call returns PENDING with a local task id (``sync-<hex>``) that ``get_task`` answers from this
 process once the request finishes. It is never abandoned and never resent.
 """
@@ -10,8 +10,6 @@ process once the request finishes. It is never abandoned and never resent.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,17 +41,16 @@ from ..api._wire import (
     removed_text,
 )
 from ..ledger import principal_of
+from ._pacing import Forecast, PollPolicy, Progress, ProgressFn, RetryPolicy
 
 log = logging.getLogger("qolaba_mcp.jobs")
 
-ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
-"""Receives (progress, total or None, message); progress strictly increases within one call."""
 SubmittedFn = Callable[[str], Awaitable[None]]
 """Receives the task id as soon as a submission has one (the API's, or a ``sync-`` id), before any wait."""
 SettledFn = Callable[["Generation | QolabaError"], Awaitable[None]]
 """Receives a synchronous request's outcome when it settles, even after the call that started it has returned."""
 
-# Failures of a single poll that say nothing about the task: try again while the budget lasts.
+# Failures of a single poll that say nothing about the task: try again while the call's wait lasts.
 _TRANSIENT = (RateLimitError, ServerError, NetworkError, ResponseFormatError)
 
 POLL_MARGIN = 2.0  # seconds a poll may run past the call's wait before it is cut off
@@ -69,11 +66,14 @@ def is_local_task_id(task_id: str | None) -> bool:
     return task_id is not None and task_id.startswith(LOCAL_ID_PREFIX)
 
 
+Status = Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "UNKNOWN"]  # what agents see, in results and history
+
+
 class Generation(BaseModel):
     """What a generation looks like to the caller after submitting and/or waiting."""
 
     task_id: str | None = Field(description="The Qolaba task id; pass it to get_task.")
-    status: Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "UNKNOWN"] = Field(
+    status: Status = Field(
         description="UNKNOWN: submitted, but whether a task exists was never learnt (check before retrying)."
     )
     model: str | None = None
@@ -100,94 +100,6 @@ class Generation(BaseModel):
         return self.status in ("SUCCESS", "FAILED")
 
 
-@dataclass(frozen=True, kw_only=True)
-class PollPolicy:
-    """How often to poll: quick at first and backing off to a cap, or aimed at the end the task predicts."""
-
-    min_interval: float = 0.25
-    max_interval: float = 2.0
-    growth: float = 1.5
-
-    def delay(self, *, polls: int, remaining: float | None) -> float:
-        """Seconds until the next poll, given the polls so far and the task's predicted seconds left."""
-        if remaining is None:
-            return min(self.max_interval, self.min_interval * self.growth**polls)
-        if remaining <= 0:
-            return self.min_interval  # it says it is complete but is not done yet: any moment now
-        # Aim just past the predicted end, sooner or later than the backoff would go; never past the cap,
-        # which bounds what a wrong prediction costs.
-        return max(0.1, min(self.max_interval, remaining + 0.05))
-
-
-class _Forecast:
-    """Predicts a task's seconds left from the progress it reports, assuming a steady pace."""
-
-    def __init__(self, task_started: float | None) -> None:
-        self._started = task_started  # when the task began, where this call saw it begin
-        self._last: tuple[float, float] | None = None  # (time, progress) of the last observation
-        self._remaining: float | None = None
-
-    def observe(self, progress: float | None, at: float) -> None:
-        previous, self._last = self._last, (at, progress) if progress is not None else None
-        self._remaining = None
-        if progress is None or progress <= 0:
-            return
-        if progress >= 1:
-            self._remaining = 0.0
-            return
-        pace = None
-        if self._started is not None and at > self._started:
-            pace = progress / (at - self._started)
-        elif previous is not None and progress > previous[1]:
-            pace = (progress - previous[1]) / (at - previous[0])
-        if pace:
-            self._remaining = (1 - progress) / pace
-
-    def remaining(self, now: float) -> float | None:
-        if self._remaining is None or self._last is None:
-            return None
-        return max(0.0, self._remaining - (now - self._last[0]))
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Retries for one call: polls retry any transient failure; a submission only when nothing was created."""
-
-    submit_attempts: int = 3
-    submit_budget: float = 60.0
-    base_backoff: float = 0.5
-    max_backoff: float = 8.0
-    rng: random.Random = field(default_factory=random.Random, compare=False)
-
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """Exponential backoff with full jitter, never shorter than the API's retry-after."""
-        ceiling = min(self.max_backoff, self.base_backoff * 2**attempt)
-        wait = self.rng.uniform(ceiling / 2, ceiling)
-        return max(wait, retry_after or 0.0)
-
-
-class _Progress:
-    """Turns poll observations into strictly increasing progress notifications."""
-
-    def __init__(self, report: ProgressFn | None) -> None:
-        self._report = report
-        self._last = 0.0
-        self._count = 0
-
-    async def __call__(self, message: str, fraction: float | None = None) -> None:
-        if self._report is None:
-            return
-        if fraction is not None and not math.isfinite(fraction):
-            fraction = None
-        elif fraction is not None:
-            fraction = min(max(fraction, 0.0), 1.0)
-        self._count += 1
-        value, total = (round(fraction * 100, 2), 100.0) if fraction is not None else (float(self._count), None)
-        value = max(value, round(self._last + 0.01, 2))
-        self._last = value
-        await self._report(value, total, message)
-
-
 @dataclass(kw_only=True)
 class _SyncRequest:
     """A synchronous generation running in the background, and its outcome once it has one."""
@@ -202,7 +114,7 @@ class _SyncRequest:
     on_settled: SettledFn | None = None
 
 
-class Jobs:
+class Runner:
     """Runs generations against the API for the MCP tools; knows nothing of MCP.
 
     Enter it (``async with jobs:``) for the life of the server: synchronous generations run in its task group so
@@ -257,10 +169,10 @@ class Jobs:
         """
         started = time.monotonic()
         deadline = started + wait_seconds
-        progress = _Progress(on_progress)
+        progress = Progress(on_progress)
         result: GenerateResult | TaskCreated
         if not request.celery:
-            entry = self._start_sync(request, api_key=api_key, budget=wait_seconds)
+            entry = self._start_sync(request, api_key=api_key, wait_seconds=wait_seconds)
             outcome = await self._await_sync(entry, deadline=deadline, progress=progress, started=started)
             if outcome is None:
                 log.info(
@@ -273,7 +185,7 @@ class Jobs:
             self._sync.pop(entry.local_id, None)  # the caller gets the outcome itself: nobody will ask for this id
             result = _settled(outcome)
         else:
-            result = await self._submit(request, api_key=api_key, budget=wait_seconds)
+            result = await self._submit(request, api_key=api_key, wait_seconds=wait_seconds)
         if isinstance(result, GenerateResult):
             return _from_result(result, request.model, started)
         if on_submitted is not None:
@@ -288,7 +200,7 @@ class Jobs:
         )
         return await self._wait(
             pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(time.monotonic()), poll_first=False, fresh=True,
+            forecast=Forecast(time.monotonic()), poll_first=False, fresh=True,
         )  # fmt: skip
 
     async def get_task(
@@ -306,22 +218,22 @@ class Jobs:
         """
         started = time.monotonic()
         deadline = started + wait_seconds
-        progress = _Progress(on_progress)
+        progress = Progress(on_progress)
         if is_local_task_id(task_id):
             return await self._get_sync(task_id, started=started, deadline=deadline, progress=progress, api_key=api_key)
         known = Generation(task_id=task_id, status="PENDING", elapsed_seconds=0)
         return await self._wait(
             known, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(None), poll_first=True, fresh=False,
+            forecast=Forecast(None), poll_first=True, fresh=False,
         )  # fmt: skip
 
     def principal(self, api_key: SecretStr | None) -> str:
         """Who asks: a hash of the key in use (the caller's own, or the server's)."""
         return principal_of(self._client.key_in_use(api_key))
 
-    def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float) -> _SyncRequest:
+    def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, wait_seconds: float) -> _SyncRequest:
         if self._background is None:
-            raise RuntimeError("a synchronous generation needs Jobs entered (async with): it may outlive its call")
+            raise RuntimeError("a synchronous generation needs Runner entered (async with): it may outlive its call")
         self._forget_old()
         entry = _SyncRequest(
             local_id=f"{LOCAL_ID_PREFIX}{uuid.uuid4().hex}",
@@ -330,14 +242,14 @@ class Jobs:
             prompt=request.prompt,
         )
         self._sync[entry.local_id] = entry
-        self._background.start_soon(self._run_sync, entry, request, api_key, budget)
+        self._background.start_soon(self._run_sync, entry, request, api_key, wait_seconds)
         return entry
 
     async def _run_sync(
-        self, entry: _SyncRequest, request: GenerateRequest, api_key: SecretStr | None, budget: float
+        self, entry: _SyncRequest, request: GenerateRequest, api_key: SecretStr | None, wait_seconds: float
     ) -> None:
         try:
-            entry.outcome = await self._submit(request, api_key=api_key, budget=budget)
+            entry.outcome = await self._submit(request, api_key=api_key, wait_seconds=wait_seconds)
         except QolabaError as exc:
             entry.outcome = exc
         except Exception as exc:  # one request must never take the server's task group down
@@ -369,7 +281,7 @@ class Jobs:
                 del self._sync[local_id]
 
     async def _await_sync(
-        self, entry: _SyncRequest, *, deadline: float, progress: _Progress, started: float
+        self, entry: _SyncRequest, *, deadline: float, progress: Progress, started: float
     ) -> GenerateResult | TaskCreated | QolabaError | None:
         """The request's outcome, or None if it is still running at ``deadline``; a heartbeat every second."""
 
@@ -386,7 +298,7 @@ class Jobs:
         return entry.outcome if entry.done.is_set() else None
 
     async def _get_sync(
-        self, local_id: str, *, started: float, deadline: float, progress: _Progress, api_key: SecretStr | None
+        self, local_id: str, *, started: float, deadline: float, progress: Progress, api_key: SecretStr | None
     ) -> Generation:
         entry = self._sync.get(local_id)
         if entry is None or entry.principal != self.principal(api_key):
@@ -401,7 +313,7 @@ class Jobs:
         pending = _pending(result.task_id, entry, started)  # the API queued it as a task after all
         return await self._wait(
             pending, started=started, deadline=deadline, progress=progress, api_key=api_key,
-            forecast=_Forecast(None), poll_first=True, fresh=True,
+            forecast=Forecast(None), poll_first=True, fresh=True,
         )  # fmt: skip
 
     async def _stopped_within(self, seconds: float) -> bool:
@@ -415,17 +327,17 @@ class Jobs:
         return False
 
     async def _submit(
-        self, request: GenerateRequest, *, api_key: SecretStr | None, budget: float
+        self, request: GenerateRequest, *, api_key: SecretStr | None, wait_seconds: float
     ) -> GenerateResult | TaskCreated:
         """POST the request; retried only where the API provably created nothing (429, connection refused).
 
-        An async submission, retries included, is over within ``max(budget, SUBMIT_MIN_SECONDS)``: each attempt
+        An async submission, retries included, is over within ``max(wait_seconds, SUBMIT_MIN_SECONDS)``: each attempt
         is bounded as a whole, a trickling answer included. A synchronous one is bounded by the client's sync
-        timeout per attempt (it runs in the background, see ``Jobs``).
+        timeout per attempt (it runs in the background, see ``Runner``).
         """
-        window = max(budget, SUBMIT_MIN_SECONDS)
+        window = max(wait_seconds, SUBMIT_MIN_SECONDS)
         started = time.monotonic()
-        retry_deadline = started + min(self._retry.submit_budget, window)
+        retry_deadline = started + min(self._retry.submit_seconds, window)
         attempt = 0
         while True:
             timeout = max(started + window - time.monotonic(), 0.5) if request.celery else None
@@ -450,9 +362,9 @@ class Jobs:
         *,
         started: float,
         deadline: float,
-        progress: _Progress,
+        progress: Progress,
         api_key: SecretStr | None,
-        forecast: _Forecast,
+        forecast: Forecast,
         poll_first: bool,
         fresh: bool,
     ) -> Generation:

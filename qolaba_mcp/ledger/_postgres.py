@@ -59,6 +59,7 @@ from ._records import (
     REPORT_MONTH_S,
     SPEND_MINUTE_S,
     SPEND_WINDOW_S,
+    BudgetPolicy,
     Changes,
     LedgerError,
     LedgerRow,
@@ -67,11 +68,9 @@ from ._records import (
     Reservation,
     abandoned,
     build_spend_report,
-    decide_reservation,
     leaving,
     leaving_in_minute,
     minute_of,
-    need_to_age_out,
 )
 
 POOL_MIN = 1
@@ -231,8 +230,7 @@ class PostgresLedger:
         *,
         principal: str,
         amount: float,
-        daily_budget: float | None,
-        per_call_cap: float | None,
+        policy: BudgetPolicy,
         window_seconds: float = SPEND_WINDOW_S,
         now: float,
     ) -> Reservation:
@@ -252,15 +250,10 @@ class PostgresLedger:
 
             edge = await rows_of(first, since)
             whole = await conn.fetchval(_SQL_MINUTES_TOTAL, principal, first)
-            reservation = decide_reservation(
-                amount=amount,
-                spent=max(sum(usd for _, usd in edge) + whole - own, 0.0),
-                daily_budget=daily_budget,
-                per_call_cap=per_call_cap,
-            )
+            reservation = policy.decide(amount=amount, spent=max(sum(usd for _, usd in edge) + whole - own, 0.0))
             if reservation.ok:
                 await conn.execute(_SQL_RESERVE, row_id, amount, now)
-            elif (need := need_to_age_out(reservation)) is not None:
+            elif (need := policy.need_to_age_out(reservation)) is not None:
                 minutes = [
                     (record[0], record[1] - (own if record[0] == owner[1] else 0.0))
                     for record in await conn.fetch(_SQL_MINUTES, principal, first)

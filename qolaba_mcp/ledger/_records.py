@@ -120,26 +120,17 @@ class Reservation(BaseModel):
     )
 
 
-def decide_reservation(
-    *, amount: float, spent: float, daily_budget: float | None, per_call_cap: float | None
-) -> Reservation:
-    """What ``reserve`` answers, given ``spent``: the principal's spend in the window. The backends run it inside
-    their atomic section, between reading the spend and holding it; on a refusal by the budget they then work out
-    ``frees_at`` (``need_to_age_out`` says how much must leave the window, ``crossing`` where that happens)."""
-    if per_call_cap is not None and amount > per_call_cap + BUDGET_TOLERANCE_USD:
-        return Reservation(ok=False, spent_usd=spent, amount=amount, limit_name="per_call", limit_usd=per_call_cap)
-    if daily_budget is None or spent + amount <= daily_budget + BUDGET_TOLERANCE_USD:
-        return Reservation(ok=True, spent_usd=spent, amount=amount)
-    return Reservation(ok=False, spent_usd=spent, amount=amount, limit_name="daily", limit_usd=daily_budget)
+class BudgetPolicy(Protocol):
+    """The spend policy ``reserve`` applies inside its atomic section (money/ decides; the ledger stores and sums)."""
 
+    def decide(self, *, amount: float, spent: float) -> Reservation:
+        """Whether ``amount`` may be held, given ``spent``: the principal's spend in the window."""
+        ...
 
-def need_to_age_out(reservation: Reservation) -> float | None:
-    """How much of the window's spend must leave it before a refused amount fits the budget; None when waiting
-    never helps (not refused by the budget, or the amount alone is above it)."""
-    budget = reservation.limit_usd
-    if reservation.limit_name != "daily" or budget is None or reservation.amount > budget + BUDGET_TOLERANCE_USD:
-        return None
-    return reservation.spent_usd + reservation.amount - budget
+    def need_to_age_out(self, reservation: Reservation) -> float | None:
+        """How much of the window's spend must leave it before a refused amount fits; None when waiting never
+        helps. The backend then works out ``frees_at`` from its rows (``leaving``, ``crossing``)."""
+        ...
 
 
 def minute_of(moment: float) -> int:
@@ -276,17 +267,16 @@ class LedgerStore(Protocol):
         *,
         principal: str,
         amount: float,
-        daily_budget: float | None,
-        per_call_cap: float | None,
+        policy: BudgetPolicy,
         window_seconds: float = SPEND_WINDOW_S,
         now: float,
     ) -> Reservation:
-        """Hold ``amount`` USD on ``principal``'s row ``row_id`` if the limits allow it, atomically with reading the
+        """Hold ``amount`` USD on ``principal``'s row ``row_id`` if ``policy`` allows it, atomically with reading the
         spend (across processes and replicas on one database).
 
         The spend is the sum, over ``principal``'s rows created in the last ``window_seconds`` (created_at > now -
         window_seconds) other than ``row_id``, of cost_usd when known, else reserved_usd. Refused (nothing written)
-        if ``amount > per_call_cap`` or ``spend + amount > daily_budget`` (None: no such limit); else the row gets
+        when ``policy.decide`` says so (with ``frees_at`` where ``policy.need_to_age_out`` allows); else the row gets
         ``estimate_usd = reserved_usd = amount``. Reserving a row again replaces its reservation. A LedgerError if
         the row does not exist or is another principal's."""
 

@@ -28,6 +28,7 @@ from ._records import (
     REPORT_MONTH_S,
     SPEND_MINUTE_S,
     SPEND_WINDOW_S,
+    BudgetPolicy,
     Changes,
     LedgerError,
     LedgerRow,
@@ -36,11 +37,9 @@ from ._records import (
     Reservation,
     abandoned,
     build_spend_report,
-    decide_reservation,
     leaving,
     leaving_in_minute,
     minute_of,
-    need_to_age_out,
 )
 from ._sqlite_schema import (
     _HISTORY_WHERE,
@@ -238,8 +237,7 @@ class SQLiteLedger:
         *,
         principal: str,
         amount: float,
-        daily_budget: float | None,
-        per_call_cap: float | None,
+        policy: BudgetPolicy,
         window_seconds: float = SPEND_WINDOW_S,
         now: float,
     ) -> Reservation:
@@ -260,15 +258,10 @@ class SQLiteLedger:
 
             edge = rows_of(first, since)
             whole = conn.execute(_SQL_MINUTES_TOTAL, (principal, first)).fetchone()[0]
-            reservation = decide_reservation(
-                amount=amount,
-                spent=max(sum(usd for _, usd in edge) + whole - own, 0.0),
-                daily_budget=daily_budget,
-                per_call_cap=per_call_cap,
-            )
+            reservation = policy.decide(amount=amount, spent=max(sum(usd for _, usd in edge) + whole - own, 0.0))
             if reservation.ok:
                 conn.execute(_SQL_RESERVE, (amount, amount, now, row_id))
-            elif (need := need_to_age_out(reservation)) is not None:
+            elif (need := policy.need_to_age_out(reservation)) is not None:
                 minutes = [
                     (minute, usd - (own if minute == owner[1] else 0.0))
                     for minute, usd in conn.execute(_SQL_MINUTES, (principal, first))

@@ -190,6 +190,13 @@ class SpendWindow(BaseModel):
     by_model: dict[str, float] = Field(default_factory=dict, description="USD per model id.")
 
 
+class LedgerSpend(BaseModel):
+    """What the ledger's ``spend_report`` sums: a principal's spend over the last 24 hours and 30 days."""
+
+    last_24h: SpendWindow
+    last_30d: SpendWindow
+
+
 class SpendReport(BaseModel):
     """The result of get_spend: this caller's spend and the limits that apply to it."""
 
@@ -204,8 +211,8 @@ class SpendReport(BaseModel):
     def build(cls, report: dict[str, Any], settings: Settings, *, model: str | None = None) -> SpendReport:
         """From a ledger spend report; ``model`` narrows the windows to that model (the room left stays the
         budget's, which counts every model)."""
-        day = SpendWindow.model_validate(report["last_24h"])
-        month = SpendWindow.model_validate(report["last_30d"])
+        sums = LedgerSpend.model_validate(report)  # the ledger's sums, checked once at the boundary
+        day, month = sums.last_24h, sums.last_30d
         budget = settings.daily_budget_usd
         room = None if budget is None else round(max(budget - day.total_usd, 0.0), 6)
         if model is not None:

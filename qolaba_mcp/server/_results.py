@@ -27,8 +27,8 @@ from .._errors import (
 )
 from ..api._catalog import Catalog, ModelInfo
 from ..api._wire import url_problem
-from ..generations._recorded import row_seed
-from ..generations._runner import Generation, is_local_task_id
+from ..generations._rows import result_status, row_seed
+from ..generations._runner import Generation, Status, is_local_task_id
 from ..images._delivery import Delivered
 from ..ledger import LedgerRow
 from ..money._spend import SpendRefusedError, usd
@@ -347,7 +347,7 @@ class HistoryRow(BaseModel):
     task_id: str | None
     when: str = Field(description="When it was asked for (UTC, ISO 8601).")
     model: str
-    status: str = Field(description="submitting, submitted, running, succeeded, failed or unknown.")
+    status: Status = Field(description="SUCCESS, FAILED, UNKNOWN (may have been charged: check first) or PENDING.")
     prompt: str | None = Field(description="The prompt, cut short.")
     images: int
     cost_usd: float | None
@@ -372,7 +372,7 @@ def history_row(row: LedgerRow) -> HistoryRow:
         task_id=row.task_id,
         when=datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         model=row.model,
-        status=row.state,
+        status=result_status(row.state),
         prompt=prompt,
         images=len(row.images),
         cost_usd=row.cost_usd,
@@ -395,7 +395,7 @@ def history_result(rows: list[LedgerRow], cursor: str | None) -> CallToolResult:
             f"{row.when} {row.status} {row.model} task_id={row.task_id} {row.images} image(s){cost}"
             f"{saved}: {row.prompt or '(no prompt)'}{made_from}"
         )
-        if row.status == "unknown":
+        if row.status == "UNKNOWN":
             lines.append("  (state unknown: check before retrying)")
     if not lines:
         lines.append("No generations match.")
