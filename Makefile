@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-PYTEST_ARGS ?= -n 4
+# 3 workers on 2 cores: most tests wait on sockets and subprocesses, and loadgroup keeps the fuzz tests together.
+PYTEST_ARGS ?= -n 3 --dist loadgroup
 
 .PHONY: test lint demo sandbox soak fuzz bench interop browser clean
 
@@ -13,10 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# Static checks first, then the suite. It waits on sockets and subprocesses far more than it computes: 4 workers
-# on 2 cores.
+# Static checks first, then the suite (tests marked soak are left to `make soak`), then its ten slowest tests.
 test: lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not soak" --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qolaba_mcp tests bench
@@ -42,8 +42,10 @@ browser: $(STAMP)
 	bash scripts/apps_host/build.sh .interop/apps-host
 	QOLABA_BROWSER_TESTS=1 $(BIN)/python -m pytest -q tests/browser
 
-# 500 generate_image calls, 20 at a time, through one stdio server against a faulty sandbox.
+# The tests that wait out production constants over real processes (marked soak), then 500 generate_image calls,
+# 20 at a time, through one stdio server against a faulty sandbox.
 soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak --durations=10 $(PYTEST_ARGS)
 	$(BIN)/python -m tests.soak --calls 500 --concurrency 20
 
 # The fuzz run with many more examples than `make test` uses.

@@ -92,7 +92,7 @@ async def test_a_call_returns_in_time_and_get_task_shows_the_file_saved_later(
     host.route("POST", "/api/v1/images/generate", json_reply(200, body))
     call = {"model": "vertex/nano-banana-flash", "prompt": "x", "mode": "sync", "wait_seconds": 1, "save": True}
     env = {"QOLABA_OUTPUT_DIR": str(tmp_path), "QOLABA_DOWNLOAD_ALLOW_PRIVATE": "true"}
-    async with connect("stdio", "auto", base_url=host.base_url, **env) as client:
+    async with connect("memory", "auto", base_url=host.base_url, **env) as client:
         started = time.monotonic()
         with anyio.fail_after(60):  # a bound on a hang; the promise is asserted below
             result = await client.call_tool("generate_image", call)

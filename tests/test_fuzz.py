@@ -77,12 +77,14 @@ NEAR_VALID = st.fixed_dictionaries(
 )
 
 TALLY: Counter[str] = Counter()
+# The last test reads the tally of the three before it: under xdist (--dist loadgroup) all four run on one worker.
+pytestmark = pytest.mark.xdist_group("fuzz")
 
 
 @pytest.fixture(scope="module")
 def session(shared_sandbox: SandboxServer) -> Iterator[tuple[BlockingPortal, Client]]:
     shared_sandbox.configure(latency=0, faults=[], api_keys=None)
-    opened = connect("stdio", "auto", base_url=shared_sandbox.base_url)
+    opened = connect("memory", "auto", base_url=shared_sandbox.base_url)
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(opened) as client:
         yield portal, client
     print(f"\nfuzz: {sum(TALLY.values())} tool calls: {dict(TALLY)}")

@@ -20,16 +20,9 @@ import pytest
 from qolaba_mcp._http import HEADER_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import HttpServer, connect, server_env
+from .conftest import HEADERS, INIT, HttpServer, connect, server_env
 
 TOKEN = "mcp-token-3f9a1c7e"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 STALLS = 200
 
 

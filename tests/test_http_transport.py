@@ -17,17 +17,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import HttpServer, server_env
+from .conftest import HEADERS, INIT, HttpServer, server_env
 
 TOKEN = "mcp-token-7d1c0a9b"
 CAT = {"model": "vertex/nano-banana-flash", "prompt": "A cat", "wait_seconds": 10}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 @pytest.fixture
