@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# 3 workers on 2 cores: most tests wait on sockets and subprocesses, and loadgroup keeps the fuzz tests together.
-PYTEST_ARGS ?= -n 3 --dist loadgroup
+# 3 workers on 2 cores: most tests wait on sockets and subprocesses.
+PYTEST_ARGS ?= -n 3
 
 .PHONY: test lint demo sandbox soak fuzz bench interop browser clean
 

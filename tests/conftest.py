@@ -130,16 +130,56 @@ def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
     return env
 
 
+def polls_settle(sandbox: SandboxServer, *, quiet: float = 1.5, within: float = 15) -> int | None:
+    """The sandbox's poll count once it has held still for ``quiet`` seconds (three of the 0.5 s longest poll
+    interval ``server_env`` sets: a live loop would have polled), or None if it never did within ``within``."""
+    deadline = time.monotonic() + within
+    count, since = sandbox.stats()["polls"], time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = sandbox.stats()["polls"]
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return int(count)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def _listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on loopback ``port`` (Linux; elsewhere assumed so)."""
+    try:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        inodes = {row[9] for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A"}
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{i}]" for i in inodes}
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except FileNotFoundError:
+        return sys.platform != "linux"
+    except OSError:
+        return False
+
+
 class HttpServer:
-    """``qolaba-mcp --transport http`` in a subprocess on a free loopback port."""
+    """``qolaba-mcp --transport http`` in a subprocess on a free loopback port.
+
+    Ready once that process itself listens there and answers: a port found free can be taken by another test's
+    server before this one binds it (its requests would reach the other server). Then it starts again on another."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        for _ in range(3):
+            if self._start(env, args):
+                return
+        raise RuntimeError("the HTTP server could not bind a free port three times")
+
+    def _start(self, env: dict[str, str], args: tuple[str, ...]) -> bool:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
@@ -153,12 +193,17 @@ class HttpServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the HTTP server exited: {self.stop()[1]}")
-            try:
-                httpx2.get(f"http://127.0.0.1:{self.port}/", timeout=1)
-                return
-            except httpx2.TransportError:
-                time.sleep(0.05)
+                err = self.stop()[1]
+                if "address already in use" in err.lower():
+                    return False
+                raise RuntimeError(f"the HTTP server exited: {err}")
+            if _listening(self.proc.pid, self.port):
+                try:
+                    httpx2.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                    return True
+                except httpx2.TransportError:
+                    pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError("the HTTP server did not start in 30 s")
 

@@ -145,7 +145,8 @@ async def test_sigterm_returns_the_task_id_of_a_call_in_flight_and_exits_0(
         nonlocal signalled_at
         while (await anyio.to_thread.run_sync(sandbox.stats))["submissions"] < 1:
             await anyio.sleep(0.05)
-        await anyio.sleep(1)  # well into the wait
+        while (await anyio.to_thread.run_sync(sandbox.stats))["polls"] < 1:  # well into the wait: it has polled
+            await anyio.sleep(0.05)
         signalled_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
 

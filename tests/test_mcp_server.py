@@ -14,7 +14,7 @@ from mcp.types import ResourceLink
 
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
-from .conftest import HttpServer, connect, server_env
+from .conftest import HttpServer, connect, polls_settle, server_env
 from .results import data, text
 
 pytestmark = pytest.mark.anyio
@@ -35,20 +35,6 @@ class Progress:
     @property
     def values(self) -> list[float]:
         return [event[0] for event in self.events]
-
-
-async def polls_hold_still(sandbox: SandboxServer, *, quiet: float, within: float) -> bool:
-    """Whether the sandbox's poll count stays the same for ``quiet`` seconds at some point in the next ``within``."""
-    deadline = anyio.current_time() + within
-    count, since = sandbox.stats()["polls"], anyio.current_time()
-    while anyio.current_time() < deadline:
-        await anyio.sleep(0.1)
-        now = sandbox.stats()["polls"]
-        if now != count:
-            count, since = now, anyio.current_time()
-        elif anyio.current_time() - since >= quiet:
-            return True
-    return False
 
 
 @pytest.fixture(params=COMBOS, ids=[f"{t}-{m}" for t, m in COMBOS])
@@ -119,8 +105,8 @@ async def test_cancelled_call_stops_polling(
         # still for three of those; it must, well before the 60 s the generation would take.
         before = sandbox.stats()["polls"]
         assert before >= 2, "the call never polled"
-        stopped = await polls_hold_still(sandbox, quiet=1.5, within=15)
-        assert stopped, f"polling went on after cancellation: {before} -> {sandbox.stats()['polls']}"
+        settled = await anyio.to_thread.run_sync(polls_settle, sandbox)
+        assert settled is not None, f"polling went on after cancellation: {before} -> {sandbox.stats()['polls']}"
         # the session is still usable
         assert not (await client.call_tool("list_models", {})).is_error
 
