@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,12 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.server.mcpserver import MCPServer
 
+from qolaba_mcp._config import Settings
 from qolaba_mcp.images._delivery import default_data_dir
 from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
+from qolaba_mcp.server import build_server
 
 pytest_plugins = ["tests.pg"]  # the postgres_url fixture: a real PostgreSQL server the tests start
 
@@ -48,6 +53,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: waits out a production constant over real processes; left to `make soak` (-m soak)"
+    )
     if os.environ.get(TEST_DATA_HOME):  # an xdist worker: its controller has moved it already
         return
     real = default_data_dir()
@@ -122,16 +130,56 @@ def server_env(base_url: str, **extra: str | None) -> dict[str, str]:
     return env
 
 
+def polls_settle(sandbox: SandboxServer, *, quiet: float = 1.5, within: float = 15) -> int | None:
+    """The sandbox's poll count once it has held still for ``quiet`` seconds (three of the 0.5 s longest poll
+    interval ``server_env`` sets: a live loop would have polled), or None if it never did within ``within``."""
+    deadline = time.monotonic() + within
+    count, since = sandbox.stats()["polls"], time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = sandbox.stats()["polls"]
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return int(count)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def _listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on loopback ``port`` (Linux; elsewhere assumed so)."""
+    try:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        inodes = {row[9] for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A"}
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{i}]" for i in inodes}
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except FileNotFoundError:
+        return sys.platform != "linux"
+    except OSError:
+        return False
+
+
 class HttpServer:
-    """``qolaba-mcp --transport http`` in a subprocess on a free loopback port."""
+    """``qolaba-mcp --transport http`` in a subprocess on a free loopback port.
+
+    Ready once that process itself listens there and answers: a port found free can be taken by another test's
+    server before this one binds it (its requests would reach the other server). Then it starts again on another."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        for _ in range(3):
+            if self._start(env, args):
+                return
+        raise RuntimeError("the HTTP server could not bind a free port three times")
+
+    def _start(self, env: dict[str, str], args: tuple[str, ...]) -> bool:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
@@ -145,12 +193,17 @@ class HttpServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the HTTP server exited: {self.stop()[1]}")
-            try:
-                httpx2.get(f"http://127.0.0.1:{self.port}/", timeout=1)
-                return
-            except httpx2.TransportError:
-                time.sleep(0.05)
+                err = self.stop()[1]
+                if "address already in use" in err.lower():
+                    return False
+                raise RuntimeError(f"the HTTP server exited: {err}")
+            if _listening(self.proc.pid, self.port):
+                try:
+                    httpx2.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                    return True
+                except httpx2.TransportError:
+                    pass
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError("the HTTP server did not start in 30 s")
 
@@ -169,6 +222,81 @@ class HttpServer:
         return texts[0], texts[1]
 
 
+# A raw initialize request over HTTP (the SDK client always negotiates its newest era), and the headers it needs.
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+class RawStdio:
+    """``qolaba-mcp`` over stdio driven by raw JSON-RPC lines: for what the SDK client hides (kill -9 mid-call,
+    SIGTERM, a client leaving, an old protocol version). Initialized unless ``protocol`` is None."""
+
+    def __init__(self, env: dict[str, str], *, stderr: Any = subprocess.DEVNULL, protocol: str | None = "2025-11-25"):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        )
+        self._id = 0
+        self.hello: dict[str, Any] = {}
+        if protocol is not None:
+            self.hello = self.request(
+                "initialize",
+                {"protocolVersion": protocol, "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+            )
+            self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def until(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first message from the server for which ``wanted(message)`` holds."""
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, "the server closed its output"
+            if wanted(message := json.loads(line)):
+                return dict(message)
+
+    def send_call(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None) -> int:
+        params: dict[str, Any] = {"name": tool, "arguments": arguments}
+        if meta is not None:
+            params["_meta"] = meta
+        self._id += 1
+        self.send({"jsonrpc": "2.0", "id": self._id, "method": "tools/call", "params": params})
+        return self._id
+
+    def reply(self, wanted: int) -> dict[str, Any]:
+        return dict(self.until(lambda message: message.get("id") == wanted)["result"])
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._id += 1
+        self.send({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
+        return self.reply(self._id)
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self.reply(self.send_call(tool, arguments))
+
+    def kill(self) -> None:
+        """kill -9."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 @pytest.fixture(scope="session")
 def http_server(shared_sandbox: SandboxServer) -> Iterator[HttpServer]:
     server = HttpServer(server_env(shared_sandbox.base_url))
@@ -176,17 +304,41 @@ def http_server(shared_sandbox: SandboxServer) -> Iterator[HttpServer]:
     server.stop()
 
 
+TRANSPORTS = ("memory", "stdio", "http")  # "memory": in this process, for what is not about the transport
+
+
+def memory_server(base_url: str, **env: str | None) -> MCPServer:
+    """qolaba-mcp built in this process as ``qolaba-mcp`` over stdio builds it (saving on by default, local-file
+    inputs allowed), with the settings a subprocess would read from ``server_env(base_url, **env)``.
+
+    The one difference: code that reads ``os.environ`` itself (the default data folder) sees this process's
+    environment, which the suite has already pointed at a temporary folder."""
+    return build_server(Settings.from_env(server_env(base_url, **env)), transport="stdio")
+
+
 @asynccontextmanager
 async def connect(
-    transport: str, mode: str, *, base_url: str, http_url: str | None = None, **env: str | None
+    transport: str,
+    mode: str,
+    *,
+    base_url: str,
+    http_url: str | None = None,
+    options: dict[str, Any] | None = None,
+    **env: str | None,
 ) -> AsyncIterator[Client]:
-    """An SDK Client on qolaba-mcp over a real stdio subprocess or real HTTP."""
+    """An SDK Client on qolaba-mcp: in this process through the SDK's in-memory transport ("memory", for tool
+    semantics: a fraction of a second), over a real stdio subprocess ("stdio"), or over real HTTP ("http", the
+    server at ``http_url``). ``options`` go to the Client (callbacks, extensions); ``env`` to the server."""
     target: Any
-    if transport == "stdio":
+    if transport == "memory":
+        target = memory_server(base_url, **env)
+    elif transport == "stdio":
         target = StdioServerParameters(
             command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(base_url, **env)
         )
-    else:
+    elif transport == "http":
         target = http_url
-    async with Client(target, mode=mode) as client:  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"unknown transport {transport!r}: one of {TRANSPORTS}")
+    async with Client(target, mode=mode, **(options or {})) as client:  # type: ignore[arg-type]
         yield client

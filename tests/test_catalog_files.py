@@ -33,7 +33,7 @@ def fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
-def text(content: str, encoding: str = "utf-8") -> Callable[[Path], None]:
+def text_file(content: str, encoding: str = "utf-8") -> Callable[[Path], None]:
     return lambda path: path.write_bytes(content.encode(encoding))
 
 
@@ -44,17 +44,17 @@ def many_bad_keys(path: Path) -> None:
 BAD_FILES: list[tuple[str, Callable[[Path], None], str]] = [
     ("deeply nested", deeply_nested, "nests too deeply"),
     ("over the size cap", just_over_the_cap, "limit for a models file"),
-    ("malformed", text("{not json"), "cannot read JSON"),
-    ("not UTF-8 (UTF-16)", text('[{"id": "x/y"}]', "utf-16"), "not UTF-8"),
-    ("not UTF-8 (Latin-1)", text('[{"id": "caf\xe9"}]', "latin-1"), "not UTF-8"),
-    ("an integer too long to convert", text("[" + "9" * 10_000 + "]"), "cannot read JSON"),
+    ("malformed", text_file("{not json"), "cannot read JSON"),
+    ("not UTF-8 (UTF-16)", text_file('[{"id": "x/y"}]', "utf-16"), "not UTF-8"),
+    ("not UTF-8 (Latin-1)", text_file('[{"id": "caf\xe9"}]', "latin-1"), "not UTF-8"),
+    ("an integer too long to convert", text_file("[" + "9" * 10_000 + "]"), "cannot read JSON"),
     ("a directory", lambda path: path.mkdir(), "is a directory"),
     ("a FIFO (opening it would block)", fifo, "not a regular file"),
     ("missing", lambda path: None, "cannot read it"),
-    ("a list of non-objects", text("[1, 2, 3]"), "expected a list of models"),
-    ("a list of lists", text("[[], []]"), "expected a list of models"),
-    ("models is not a list", text('{"models": "all"}'), "expected a list of models"),
-    ("null", text("null"), "expected a list of models"),
+    ("a list of non-objects", text_file("[1, 2, 3]"), "expected a list of models"),
+    ("a list of lists", text_file("[[], []]"), "expected a list of models"),
+    ("models is not a list", text_file('{"models": "all"}'), "expected a list of models"),
+    ("null", text_file("null"), "expected a list of models"),
     ("10,000 unknown keys", many_bad_keys, "and 9995 more"),
 ]
 
@@ -99,7 +99,7 @@ def test_a_file_at_the_cap_is_read(tmp_path: Path) -> None:
 async def test_server_starts_with_a_deeply_nested_file_and_says_so(sandbox: SandboxServer, tmp_path: Path) -> None:
     path = tmp_path / "models.json"
     deeply_nested(path)
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(path)) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(path)) as client:
         result = await client.call_tool("list_models", {})
     assert not result.is_error
     data: Any = result.structured_content

@@ -145,7 +145,7 @@ def result_bytes(result: Any) -> int:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("transport", ["stdio", "http"])
+@pytest.mark.parametrize("transport", ["memory", "http"])
 async def test_four_image_result_within_every_budget(
     sandbox: SandboxServer, transport: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -196,7 +196,7 @@ async def test_result_stays_under_1_mib_in_every_configuration(
     sandbox: SandboxServer, env: dict[str, str], arguments: dict[str, Any], previews: int, mime: str | None
 ) -> None:
     sandbox.configure(latency=0.1)
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", **env) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", **env) as client:
         result = await client.call_tool("generate_image", {**FOUR, **arguments})
     assert not result.is_error, blocks(result, TextContent)[0].text
     assert result_bytes(result) < ONE_MIB
@@ -220,7 +220,7 @@ async def test_http_does_not_save_unless_asked(sandbox: SandboxServer, http_serv
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("transport", ["stdio", "http"])
+@pytest.mark.parametrize("transport", ["memory", "http"])
 async def test_results_are_readable_as_resources(
     sandbox: SandboxServer, transport: str, request: pytest.FixtureRequest
 ) -> None:

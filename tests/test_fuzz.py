@@ -82,7 +82,7 @@ TALLY: Counter[str] = Counter()
 @pytest.fixture(scope="module")
 def session(shared_sandbox: SandboxServer) -> Iterator[tuple[BlockingPortal, Client]]:
     shared_sandbox.configure(latency=0, faults=[], api_keys=None)
-    opened = connect("stdio", "auto", base_url=shared_sandbox.base_url)
+    opened = connect("memory", "auto", base_url=shared_sandbox.base_url)
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(opened) as client:
         yield portal, client
     print(f"\nfuzz: {sum(TALLY.values())} tool calls: {dict(TALLY)}")
@@ -112,26 +112,44 @@ def check(session: tuple[BlockingPortal, Client], tool: str, args: dict[str, Any
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-@FUZZ
-@given(args=st.one_of(arguments(GENERATE_FIELDS), NEAR_VALID))
-def test_generate_image_survives_anything(session: tuple[BlockingPortal, Client], args: dict[str, Any]) -> None:
-    check(session, "generate_image", args)
+def fuzz(session: tuple[BlockingPortal, Client], tool: str, strategy: st.SearchStrategy[dict[str, Any]]) -> None:
+    """``EXAMPLES`` calls of ``tool`` with arguments drawn from ``strategy``, each checked; then the server still
+    answers. Each test checks its own tally: under xdist the tests of this module may run on different workers."""
+
+    @FUZZ
+    @given(args=strategy)
+    def run(args: dict[str, Any]) -> None:
+        check(session, tool, args)
+
+    before = sum(count for key, count in TALLY.items() if key.startswith(f"{tool}:"))
+    run()
+    made = sum(count for key, count in TALLY.items() if key.startswith(f"{tool}:")) - before
+    assert made >= EXAMPLES, f"only {made} {tool} calls were made"
+    FUZZED.append(tool)
+    still_answers(session)
 
 
-@FUZZ
-@given(args=arguments(["task_id", "wait_seconds"]))
-def test_get_task_survives_anything(session: tuple[BlockingPortal, Client], args: dict[str, Any]) -> None:
-    check(session, "get_task", args)
-
-
-@FUZZ
-@given(args=arguments(["capability"]))
-def test_list_models_survives_anything(session: tuple[BlockingPortal, Client], args: dict[str, Any]) -> None:
-    check(session, "list_models", args)
-
-
-def test_server_still_answers_after_the_fuzz(session: tuple[BlockingPortal, Client]) -> None:
+def still_answers(session: tuple[BlockingPortal, Client]) -> None:
     portal, client = session
     result = portal.call(_call, client, "list_models", {})
     assert not result.is_error and result.structured_content["models"]  # type: ignore[index]
-    assert sum(TALLY.values()) >= 3 * EXAMPLES
+
+
+FUZZED: list[str] = []  # the fuzz tests that have run in this process
+
+
+def test_generate_image_survives_anything(session: tuple[BlockingPortal, Client]) -> None:
+    fuzz(session, "generate_image", st.one_of(arguments(GENERATE_FIELDS), NEAR_VALID))
+
+
+def test_get_task_survives_anything(session: tuple[BlockingPortal, Client]) -> None:
+    fuzz(session, "get_task", arguments(["task_id", "wait_seconds"]))
+
+
+def test_list_models_survives_anything(session: tuple[BlockingPortal, Client]) -> None:
+    fuzz(session, "list_models", arguments(["capability"]))
+
+
+def test_server_still_answers_after_the_fuzz(session: tuple[BlockingPortal, Client]) -> None:
+    still_answers(session)
+    assert sum(TALLY.values()) >= EXAMPLES * len(FUZZED)  # every call of the fuzz run here was counted

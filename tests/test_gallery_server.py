@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import re
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.client.extension import advertise
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
@@ -30,7 +29,7 @@ from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.server._gallery import GALLERY_URI, page
 from qolaba_mcp.server._server import build_server
 
-from .conftest import HttpServer, server_env
+from .conftest import HttpServer, connect, server_env
 from .results import data, text
 
 pytestmark = pytest.mark.anyio
@@ -45,12 +44,9 @@ HTML_FILE = Path(__file__).parents[1] / "qolaba_mcp" / "gallery" / "gallery.html
 
 @asynccontextmanager
 async def client(sandbox: SandboxServer, *, apps: bool, mode: str = "auto", **env: str | None) -> AsyncIterator[Client]:
-    """qolaba-mcp over stdio, with a client that advertises MCP Apps (as a host rendering apps does) or not."""
-    target = StdioServerParameters(
-        command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(sandbox.base_url, **env)
-    )
+    """qolaba-mcp in this process, with a client that advertises MCP Apps (as a host rendering apps does) or not."""
     extensions = [advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})] if apps else None
-    async with Client(target, mode=mode, extensions=extensions) as opened:  # type: ignore[arg-type]
+    async with connect("memory", mode, base_url=sandbox.base_url, options={"extensions": extensions}, **env) as opened:
         yield opened
 
 
@@ -122,9 +118,8 @@ async def test_the_listing_follows_what_each_http_caller_advertised(sandbox: San
 
 
 async def test_apps_without_the_app_mime_type_is_not_apps(sandbox: SandboxServer) -> None:
-    target = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(sandbox.base_url))
     ad = advertise(EXTENSION_ID, {"mimeTypes": ["text/html"]})  # a host that cannot render this kind of app
-    async with Client(target, extensions=[ad]) as session:
+    async with connect("memory", "auto", base_url=sandbox.base_url, options={"extensions": [ad]}) as session:
         names = [tool["name"] for tool in await listing(session)]
     assert names == TODAYS_TOOLS
 

@@ -20,7 +20,7 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, ResourceLink, TextContent
+from mcp.types import CallToolResult, ResourceLink
 from pydantic import SecretStr
 
 from qolaba_mcp._errors import (
@@ -40,6 +40,7 @@ from qolaba_mcp.server._results import TEXT_BUDGET, generation_result
 
 from .conftest import SERVER_KEY, HttpServer, connect, server_env
 from .hostile import Handler, HostileServer, Request, json_reply, raw_reply, sequence, trickle_reply
+from .results import data, text
 
 pytestmark = pytest.mark.anyio
 
@@ -53,17 +54,8 @@ def task_path(task_id: str) -> str:
     return f"/api/v1/tasks/{task_id}"
 
 
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
 def links(result: CallToolResult) -> list[ResourceLink]:
     return [block for block in result.content if isinstance(block, ResourceLink)]
-
-
-def data(result: CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, text(result)
-    return result.structured_content
 
 
 def wire_size(result: CallToolResult) -> int:
@@ -88,7 +80,7 @@ def image_host(host: HostileServer, count: int = 1) -> list[str]:
 
 
 def serve(host: HostileServer, **env: str | None) -> Any:
-    return connect("stdio", "auto", base_url=host.base_url, **{"QOLABA_SAVE": "off", "QOLABA_PREVIEW": "off", **env})
+    return connect("memory", "auto", base_url=host.base_url, **{"QOLABA_SAVE": "off", "QOLABA_PREVIEW": "off", **env})
 
 
 @asynccontextmanager
@@ -402,7 +394,7 @@ async def test_a_quick_sync_request_still_answers_in_the_call() -> None:
 
 async def test_concurrent_slow_sync_calls_submit_once_each_and_all_deliver(sandbox: SandboxServer) -> None:
     sandbox.configure(latency=2.0)
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", QOLABA_PREVIEW="off") as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", QOLABA_PREVIEW="off") as client:
         firsts: list[CallToolResult] = []
 
         async def one(n: int) -> None:

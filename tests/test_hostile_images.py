@@ -613,7 +613,7 @@ async def test_hostile_images_through_the_real_server(
     serve(host, "/jpeg.png", JPEG)
     serve(other, "/private.png", PNG)
     sync_generation(host, "/eps.png", "/jpeg.png", other.url("/private.png"), "/missing.png")
-    async with connect("stdio", "auto", base_url=host.base_url, QOLABA_OUTPUT_DIR=str(tmp_path)) as client:
+    async with connect("memory", "auto", base_url=host.base_url, QOLABA_OUTPUT_DIR=str(tmp_path)) as client:
         result = await client.call_tool("generate_image", {**CALL, "save": True})
     assert not result.is_error, result.content
     data = result.structured_content or {}
@@ -638,7 +638,7 @@ async def test_a_decompression_bomb_through_the_real_server(host: HostileServer,
     serve(host, "/good.png", PNG)
     sync_generation(host, "/bomb.png", "/good.png")
     async with connect(
-        "stdio", "auto", base_url=host.base_url, QOLABA_OUTPUT_DIR=str(tmp_path), QOLABA_PREVIEW="full"
+        "memory", "auto", base_url=host.base_url, QOLABA_OUTPUT_DIR=str(tmp_path), QOLABA_PREVIEW="full"
     ) as client:
         result = await client.call_tool("generate_image", {**CALL, "save": False})
     assert not result.is_error, result.content

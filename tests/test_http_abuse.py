@@ -20,16 +20,9 @@ import pytest
 from qolaba_mcp._http import HEADER_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import HttpServer, connect, server_env
+from .conftest import HEADERS, INIT, HttpServer, connect, server_env
 
 TOKEN = "mcp-token-3f9a1c7e"
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 STALLS = 200
 
 
@@ -152,7 +145,8 @@ async def test_sigterm_returns_the_task_id_of_a_call_in_flight_and_exits_0(
         nonlocal signalled_at
         while (await anyio.to_thread.run_sync(sandbox.stats))["submissions"] < 1:
             await anyio.sleep(0.05)
-        await anyio.sleep(1)  # well into the wait
+        while (await anyio.to_thread.run_sync(sandbox.stats))["polls"] < 1:  # well into the wait: it has polled
+            await anyio.sleep(0.05)
         signalled_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
 

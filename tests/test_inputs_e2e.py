@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.types import CallToolResult
 from PIL import Image, ImageDraw
 
@@ -25,7 +24,7 @@ from qolaba_mcp.api._catalog import Catalog
 from qolaba_mcp.sandbox import Fault, SandboxServer
 from qolaba_mcp.server._results import explain
 
-from .conftest import HttpServer, server_env
+from .conftest import HttpServer, connect, server_env
 from .results import data, text
 
 pytestmark = pytest.mark.anyio
@@ -35,10 +34,8 @@ FLASH = {"model": "vertex/nano-banana-flash", "prompt": "a lighthouse"}
 
 @asynccontextmanager
 async def stdio(sandbox: SandboxServer, **env: str | None) -> AsyncIterator[Client]:
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(sandbox.base_url, **env)
-    )
-    async with Client(params) as client:
+    """qolaba-mcp as over stdio (local-file inputs allowed), in this process."""
+    async with connect("memory", "auto", base_url=sandbox.base_url, **env) as client:
         yield client
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult
 from pydantic import SecretStr
 
 from qolaba_mcp._errors import QolabaError
@@ -37,15 +35,12 @@ from qolaba_mcp.generations._runner import Generation, Runner
 from qolaba_mcp.ledger import WriteQueue, open_ledger
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import SERVER_KEY, HttpServer, connect, server_env
+from .conftest import SERVER_KEY, HttpServer, RawStdio, connect, server_env
+from .results import text
 
 pytestmark = pytest.mark.anyio
 
 FOX = {"model": "vertex/nano-banana-flash", "prompt": "a red fox in the snow", "seed": 7}
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -70,7 +65,7 @@ async def test_a_write_lock_held_past_the_busy_timeout_delays_the_record_never_t
     path = tmp_path / "ledger.db"
     sandbox.configure(latency=1.5)
     env = {"QOLABA_LEDGER_URL": f"sqlite:///{path}?busy_timeout=0.5", "QOLABA_JOIN_WINDOW_SECONDS": "900"}
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="on", **env) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="on", **env) as client:
         results: list[CallToolResult] = []
 
         async def call() -> None:
@@ -275,32 +270,14 @@ def test_sigterm_on_stdio_flushes_a_record_still_behind_and_exits(sandbox: Sandb
     env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{path}?busy_timeout=0.5", QOLABA_SAVE="off")
     holder = sqlite3.connect(path, isolation_level=None, timeout=30)
     with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
-        )
-
-        def send(message: dict[str, Any]) -> None:
-            assert proc.stdin is not None
-            proc.stdin.write((json.dumps(message) + "\n").encode())
-            proc.stdin.flush()
-
-        def until(wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-            assert proc.stdout is not None
-            while True:
-                line = proc.stdout.readline()
-                assert line, "the server closed its output"
-                if wanted(message := json.loads(line)):
-                    return dict(message)
+        server = RawStdio(env, stderr=stderr)
+        proc, send, until = server.proc, server.send, server.until
 
         def log() -> bytes:
             stderr.seek(0)
             return stderr.read()
 
         try:
-            hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-            send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
-            until(lambda message: message.get("id") == 1)
-            send({"jsonrpc": "2.0", "method": "notifications/initialized"})
             params = {"name": "generate_image", "arguments": {**FOX, "wait_seconds": 20}, "_meta": {"progressToken": 1}}
             send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
             until(lambda message: "submitted" in str(message.get("params", {}).get("message")))

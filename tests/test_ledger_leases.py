@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp.types import CallToolResult, TextContent
 from pydantic import SecretStr
 
 from qolaba_mcp._errors import QolabaError, ResponseFormatError
@@ -29,6 +28,7 @@ from qolaba_mcp.ledger import Changes, LedgerRow, LedgerStore, NewGeneration, Qu
 
 from .conftest import connect
 from .hostile import HostileServer, hang_reply, json_reply, raw_reply, sequence
+from .results import text
 from .test_ledger_store import NOW, WINDOW, new
 
 pytestmark = pytest.mark.anyio
@@ -251,15 +251,11 @@ async def test_an_unreadable_202_without_a_top_level_task_is_unknown_and_an_iden
             assert host.count("POST", GEN) == 1
 
 
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
 async def test_an_unreadable_202_end_to_end_says_so_and_the_retry_is_warned_not_submitted() -> None:
     with HostileServer() as host:
         host.route("POST", GEN, raw_reply(202, UNREADABLE))
         async with connect(
-            "stdio", "auto", base_url=host.base_url, QOLABA_SAVE="off", QOLABA_PREVIEW="off", QOLABA_API_KEY=KEY
+            "memory", "auto", base_url=host.base_url, QOLABA_SAVE="off", QOLABA_PREVIEW="off", QOLABA_API_KEY=KEY
         ) as client:
             first = await client.call_tool("generate_image", {**FOX, "wait_seconds": 5})
             assert first.is_error and "may have been accepted and charged" in text(first), text(first)

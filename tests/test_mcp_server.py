@@ -1,4 +1,5 @@
-"""qolaba-mcp end to end: the SDK Client over a stdio subprocess and over HTTP, against the sandbox."""
+"""qolaba-mcp end to end against the sandbox: tool semantics in this process (the SDK's in-memory transport), and
+the suite's one real-transport matrix (a stdio subprocess and HTTP, in both protocol eras)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp.types import CallToolResult, ResourceLink, TextContent
+from mcp.types import ResourceLink
 
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
-from .conftest import HttpServer, connect, server_env
+from .conftest import HttpServer, connect, polls_settle, server_env
+from .results import data, text
 
 pytestmark = pytest.mark.anyio
 
 CAT = {"model": "vertex/nano-banana-flash", "prompt": "A cat on the Eiffel Tower", "aspect_ratio": "16:9"}
 ERAS = ["auto", "legacy"]  # auto settles on 2026-07-28 with this server; legacy is the 2025-11-25 handshake
+# The real-transport matrix: progress, bounded waits and cancellation cross each real transport in each era.
 COMBOS = [("stdio", "auto"), ("stdio", "legacy"), ("http", "auto"), ("http", "legacy")]
 
 
@@ -32,15 +35,6 @@ class Progress:
     @property
     def values(self) -> list[float]:
         return [event[0] for event in self.events]
-
-
-def text(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-def data(result: CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, text(result)
-    return result.structured_content
 
 
 @pytest.fixture(params=COMBOS, ids=[f"{t}-{m}" for t, m in COMBOS])
@@ -107,19 +101,19 @@ async def test_cancelled_call_stops_polling(
     async with opener(combo, sandbox, request)() as client:
         with anyio.move_on_after(1.5):
             await client.call_tool("generate_image", {**CAT, "wait_seconds": 25})
-        await anyio.sleep(2.0)  # cancellation reaches the server and its poll loop ends, even on a busy machine
+        # A live loop polls at least every 0.5 s (QOLABA_POLL_MAX_INTERVAL): polling has stopped once the count holds
+        # still for three of those; it must, well before the 60 s the generation would take.
         before = sandbox.stats()["polls"]
-        await anyio.sleep(1.5)  # a live loop polls at least every 0.5 s (QOLABA_POLL_MAX_INTERVAL)
-        after = sandbox.stats()["polls"]
         assert before >= 2, "the call never polled"
-        assert after == before, f"polling went on after cancellation: {before} -> {after}"
+        settled = await anyio.to_thread.run_sync(polls_settle, sandbox)
+        assert settled is not None, f"polling went on after cancellation: {before} -> {sandbox.stats()['polls']}"
         # the session is still usable
         assert not (await client.call_tool("list_models", {})).is_error
 
 
 async def test_sync_generation(sandbox: SandboxServer) -> None:
     sandbox.configure(latency=0.2)
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", {**CAT, "mode": "sync"})
     body = data(result)
     assert body["status"] == "SUCCESS" and body["images"][0]["width"] == 1280 and body["polls"] == 0
@@ -129,7 +123,7 @@ async def test_sync_generation(sandbox: SandboxServer) -> None:
 
 async def test_wait_zero_returns_at_once(sandbox: SandboxServer) -> None:
     sandbox.configure(latency=5)
-    async with connect("stdio", "legacy", base_url=sandbox.base_url) as client:
+    async with connect("memory", "legacy", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", {**CAT, "wait_seconds": 0})
     body = data(result)
     assert body["status"] == "PENDING" and body["polls"] == 0 and body["elapsed_seconds"] < 1
@@ -138,7 +132,7 @@ async def test_wait_zero_returns_at_once(sandbox: SandboxServer) -> None:
 
 async def test_failed_task_is_an_error_with_the_task_id(sandbox: SandboxServer) -> None:
     sandbox.configure(latency=0.3, faults=[Fault(kind="failed_task", rate=1)])
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", CAT)
     assert result.is_error
     body = data(result)
@@ -156,7 +150,7 @@ async def test_failed_task_is_an_error_with_the_task_id(sandbox: SandboxServer) 
     ],
     ids=["too-many-images", "bad-quality", "unknown-model", "sync"],
 )
-@pytest.mark.parametrize("transport", ["stdio", "http"])
+@pytest.mark.parametrize("transport", ["memory", "http"])
 async def test_api_rejections_explain_the_fix(
     sandbox: SandboxServer,
     arguments: dict[str, Any],
@@ -186,7 +180,7 @@ async def test_api_rejections_explain_the_fix(
 async def test_schema_violations_never_reach_the_api(
     sandbox: SandboxServer, arguments: dict[str, Any], field: str
 ) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", arguments)
     assert result.is_error and field in text(result)
     assert sandbox.stats()["submit_requests"] == 0
@@ -194,13 +188,13 @@ async def test_schema_violations_never_reach_the_api(
 
 async def test_refused_key(sandbox: SandboxServer) -> None:
     sandbox.configure(api_keys=["the-right-key"])
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", CAT)
     assert result.is_error and "401" in text(result) and "QOLABA_API_KEY" in text(result)
 
 
 async def test_missing_key_names_the_variable(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_API_KEY=None) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_API_KEY=None) as client:
         models = await client.call_tool("list_models", {})  # needs no key
         result = await client.call_tool("generate_image", CAT)
     assert not models.is_error
@@ -210,7 +204,7 @@ async def test_missing_key_names_the_variable(sandbox: SandboxServer) -> None:
 
 async def test_rate_limit_retries_then_says_when(sandbox: SandboxServer) -> None:
     sandbox.configure(faults=[Fault(kind="rate_limit", rate=1, on="submit")], retry_after=0.2)
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", CAT)
     assert result.is_error and "Retry after 0.2 s" in text(result)
     stats = sandbox.stats()
@@ -219,14 +213,14 @@ async def test_rate_limit_retries_then_says_when(sandbox: SandboxServer) -> None
 
 async def test_rate_limited_polls_are_retried(sandbox: SandboxServer) -> None:
     sandbox.configure(latency=0.5, faults=[Fault(kind="rate_limit", rate=0.3, on="poll")], retry_after=0.1)
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("generate_image", {**CAT, "wait_seconds": 20})
     assert data(result)["status"] == "SUCCESS", text(result)
     assert sandbox.stats()["submissions"] == 1
 
 
 async def test_unknown_task(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         result = await client.call_tool("get_task", {"task_id": "task_nope"})
         bad = await client.call_tool("get_task", {"task_id": "../etc/passwd"})
     assert result.is_error and "task_nope" in text(result)
@@ -234,7 +228,7 @@ async def test_unknown_task(sandbox: SandboxServer) -> None:
 
 
 async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
     assert sorted(tools) == ["generate_image", "get_spend", "get_task", "list_generations", "list_models"]
     schema = tools["generate_image"].input_schema
@@ -273,7 +267,7 @@ async def test_tools_list_schemas(sandbox: SandboxServer) -> None:
 async def test_list_models_filters_and_user_file(sandbox: SandboxServer, tmp_path: Path) -> None:
     models_file = tmp_path / "models.json"
     models_file.write_text(json.dumps([{"id": "acme/brand-new", "capabilities": ["inpainting"]}]))
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(models_file)) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(models_file)) as client:
         inpainting = data(await client.call_tool("list_models", {"capability": "inpainting"}))
         everything = data(await client.call_tool("list_models", {}))
     assert [m["id"] for m in inpainting["models"]] == ["fal/flux-inpainting", "acme/brand-new"]
@@ -286,7 +280,7 @@ async def test_list_models_filters_and_user_file(sandbox: SandboxServer, tmp_pat
 async def test_bad_models_file_is_a_warning_not_a_crash(sandbox: SandboxServer, tmp_path: Path) -> None:
     models_file = tmp_path / "models.json"
     models_file.write_text("{broken")
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(models_file)) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_MODELS_FILE=str(models_file)) as client:
         result = await client.call_tool("list_models", {})
     assert len(data(result)["models"]) == 9
     assert "QOLABA_MODELS_FILE" in data(result)["warnings"][0] and "Warning" in text(result)

@@ -15,7 +15,7 @@ FOX = {"model": "vertex/nano-banana-flash", "prompt": "a fox asked for twice", "
 
 
 async def test_an_identical_call_after_delivery_is_marked_as_a_new_paid_generation(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off") as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off") as client:
         first = await client.call_tool("generate_image", FOX)
         other = await client.call_tool("generate_image", {**FOX, "seed": 4})
         second = await client.call_tool("generate_image", FOX)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from typing import Any
 
 import jsonschema
@@ -17,7 +15,7 @@ from qolaba_mcp.api._catalog import BUILTIN_MODELS
 from qolaba_mcp.sandbox import SandboxServer
 from qolaba_mcp.server._server import build_server
 
-from .conftest import HttpServer, connect, server_env
+from .conftest import HttpServer, RawStdio, connect, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -92,8 +90,8 @@ async def test_a_call_filling_every_field_with_null_validates_for_every_model() 
     jsonschema.validate({"capability": None}, tools["list_models"].input_schema)
 
 
-async def test_null_means_not_given_over_stdio(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off") as client:
+async def test_null_means_not_given(sandbox: SandboxServer) -> None:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off") as client:
         listed = await client.list_tools()
         props = next(t for t in listed.tools if t.name == "generate_image").input_schema["properties"]
         call = {**dict.fromkeys(props), "model": "vertex/nano-banana-flash", "prompt": "a fox", "wait_seconds": 10}
@@ -133,7 +131,7 @@ ARGUMENT_ERRORS = [
 
 
 async def test_argument_errors_are_written_for_the_model(sandbox: SandboxServer) -> None:
-    async with connect("stdio", "auto", base_url=sandbox.base_url) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url) as client:
         for tool, arguments, words in ARGUMENT_ERRORS:
             message = _error_text(await client.call_tool(tool, arguments))
             for word in words:
@@ -144,7 +142,7 @@ async def test_argument_errors_are_written_for_the_model(sandbox: SandboxServer)
     assert sandbox.stats()["submissions"] == 0  # every one was refused before the API
 
 
-@pytest.mark.parametrize(("transport", "mode"), [("stdio", "auto"), ("stdio", "legacy"), ("http", "auto")])
+@pytest.mark.parametrize(("transport", "mode"), [("memory", "auto"), ("memory", "legacy"), ("http", "auto")])
 async def test_every_resource_link_reads_back(
     sandbox: SandboxServer, transport: str, mode: str, request: pytest.FixtureRequest
 ) -> None:
@@ -166,56 +164,15 @@ async def test_every_resource_link_reads_back(
             await client.read_resource("https://example.com/cat.png")
 
 
-def _rpc(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> dict[str, Any]:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write((json.dumps(message) + "\n").encode())
-    proc.stdin.flush()
-    while True:
-        reply = json.loads(proc.stdout.readline())
-        if reply.get("id") == message.get("id"):
-            return dict(reply)
-
-
 def _generate_with_protocol(base_url: str, version: str) -> dict[str, Any]:
     """A raw JSON-RPC client over stdio that negotiates ``version`` (the SDK client always asks for its newest)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qolaba_mcp"],
-        env=server_env(base_url, QOLABA_SAVE="off"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RawStdio(server_env(base_url, QOLABA_SAVE="off"), protocol=version)
     try:
-        hello = _rpc(
-            proc,
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": version,
-                    "capabilities": {},
-                    "clientInfo": {"name": "old", "version": "1"},
-                },
-            },
-        )
-        assert hello["result"]["protocolVersion"] == version
-        assert proc.stdin is not None
-        proc.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        assert server.hello["protocolVersion"] == version
         arguments = {"model": "vertex/nano-banana-flash", "prompt": "a fox", "num_images": 2}
-        reply = _rpc(
-            proc,
-            {
-                "jsonrpc": "2.0",
-                "id": 2,
-                "method": "tools/call",
-                "params": {"name": "generate_image", "arguments": arguments},
-            },
-        )
-        return dict(reply["result"])
+        return server.call("generate_image", arguments)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 @pytest.mark.parametrize(("version", "links"), [("2025-03-26", False), ("2024-11-05", False), ("2025-06-18", True)])
@@ -249,7 +206,7 @@ async def test_resource_links_off_puts_the_urls_in_the_text_only(sandbox: Sandbo
     """QOLABA_RESOURCE_LINKS=off (for a client that fails on a resource_link): no such block in generate_image or
     get_task results, the same previews, and every URL in the text."""
     arguments = {"model": "vertex/nano-banana-flash", "prompt": "a fox", "num_images": 2}
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_RESOURCE_LINKS="off") as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_RESOURCE_LINKS="off") as client:
         made = await client.call_tool("generate_image", arguments)
         task_id = made.structured_content["task_id"]  # type: ignore[index]
         again = await client.call_tool("get_task", {"task_id": task_id})

@@ -134,7 +134,7 @@ async def test_every_view_of_a_task_tells_the_seed_the_api_chose(
 ) -> None:
     sandbox.configure(latency=0.2)
     url = "sqlite:///:memory:" if ledger == "memory" else f"sqlite:///{tmp_path / 'ledger.db'}"
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_LEDGER_URL=url, QOLABA_SAVE="off") as c:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_LEDGER_URL=url, QOLABA_SAVE="off") as c:
         made = await c.call_tool("generate_image", {**CAT, "wait_seconds": 20})  # no seed given: the API picks one
         seed, task_id = data(made)["seed"], data(made)["task_id"]
         assert isinstance(seed, int) and f"seed {seed}" in text(made)
@@ -165,11 +165,13 @@ def test_servers_under_test_find_their_data_folder_in_a_temporary_one() -> None:
 @pytest.mark.anyio
 @pytest.mark.skipif(sys.platform == "darwin", reason="the data folder follows HOME alone there")
 async def test_generations_against_a_local_sandbox_stay_out_of_the_real_ledger(
-    sandbox: SandboxServer, tmp_path: Path
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With QOLABA_LEDGER_URL unset, an API on this machine gets its own ledger file: no spend in the real one."""
     mine = {"XDG_DATA_HOME": str(tmp_path), "LOCALAPPDATA": str(tmp_path), "QOLABA_LEDGER_URL": None}
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", **mine) as client:
+    for name in ("XDG_DATA_HOME", "LOCALAPPDATA"):  # the server in this process finds its data folder from here
+        monkeypatch.setenv(name, str(tmp_path))
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_SAVE="off", **mine) as client:
         made = data(await client.call_tool("generate_image", {**CAT, "wait_seconds": 20}))
         assert made["status"] == "SUCCESS"
     folder = tmp_path / "qolaba-mcp"

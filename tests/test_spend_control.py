@@ -18,14 +18,14 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
 
 from qolaba_mcp.api._catalog import Catalog
 from qolaba_mcp.sandbox import Fault, SandboxServer
 
-from .conftest import HttpServer, server_env
+from .conftest import HttpServer, connect, server_env
 from .results import data, text
 
 pytestmark = pytest.mark.anyio
@@ -67,10 +67,10 @@ async def client(
     http_url: str | None = None,
     **env: str | None,
 ) -> AsyncIterator[Client]:
-    target: Any = http_url or StdioServerParameters(
-        command=sys.executable, args=["-m", "qolaba_mcp"], env=server_env(sandbox.base_url, **env)
-    )
-    async with Client(target, mode=mode, elicitation_callback=asker) as opened:  # type: ignore[arg-type]
+    """qolaba-mcp in this process, or the HTTP server at ``http_url``."""
+    transport = "http" if http_url else "memory"
+    options = {"elicitation_callback": asker}
+    async with connect(transport, mode, base_url=sandbox.base_url, http_url=http_url, options=options, **env) as opened:
         yield opened
 
 

@@ -3,39 +3,18 @@ answerable from the ledger."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from qolaba_mcp.sandbox import SandboxServer
 
-from .conftest import connect, server_env
+from .conftest import RawStdio, connect, server_env
 
 pytestmark = pytest.mark.anyio
 
 FOX = {"model": "vertex/nano-banana-flash", "prompt": "a fox that outlives its client", "wait_seconds": 20}
-
-
-def _send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.write((json.dumps(message) + "\n").encode())
-    proc.stdin.flush()
-
-
-def _until(proc: subprocess.Popen[bytes], wanted: Any) -> dict[str, Any]:
-    """The first message from the server for which ``wanted(message)`` holds."""
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        assert line, "the server closed its output"
-        message = json.loads(line)
-        if wanted(message):
-            return dict(message)
 
 
 async def test_a_client_gone_mid_generation_is_a_clean_exit(sandbox: SandboxServer, tmp_path: Path) -> None:
@@ -44,18 +23,13 @@ async def test_a_client_gone_mid_generation_is_a_clean_exit(sandbox: SandboxServ
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=ledger, QOLABA_SAVE="off")
     with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
-        )
+        server = RawStdio(env, stderr=stderr)
+        proc = server.proc
         try:
-            hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-            _send(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
-            _until(proc, lambda message: message.get("id") == 1)
-            _send(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"})
             params = {"name": "generate_image", "arguments": FOX, "_meta": {"progressToken": "fox"}}
-            _send(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
+            server.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params})
             # The task is recorded (with its id) before this progress is sent: the row exists, the images do not.
-            _until(proc, lambda message: "submitted" in str(message.get("params", {}).get("message")))
+            server.until(lambda message: "submitted" in str(message.get("params", {}).get("message")))
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.close()
             proc.stdout.close()
@@ -71,7 +45,7 @@ async def test_a_client_gone_mid_generation_is_a_clean_exit(sandbox: SandboxServ
     assert "Traceback" not in log and len(lines) == 1, log
     assert "client" in lines[0] and "list_generations" in lines[0], lines[0]
 
-    async with connect("stdio", "auto", base_url=sandbox.base_url, QOLABA_LEDGER_URL=ledger) as client:
+    async with connect("memory", "auto", base_url=sandbox.base_url, QOLABA_LEDGER_URL=ledger) as client:
         listed = await client.call_tool("list_generations", {"search": "outlives"})
         rows = listed.structured_content["generations"]  # type: ignore[index]
         assert [row["status"] for row in rows] == ["PENDING"]
