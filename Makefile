@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 # Static checks first, then the suite (tests marked soak are left to `make soak`), then its ten slowest tests.
 test: lint
-	$(BIN)/python -m pytest -q -m "not soak" --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qolaba_mcp tests bench
