@@ -36,7 +36,9 @@ class Metrics:
             ["model", "outcome"],
             registry=registry,
         )
-        self.in_flight = Gauge("qolaba_generations_in_flight", "Generation calls under way", registry=registry)
+        self.in_flight = Gauge(
+            "qolaba_generations_in_flight", "generate_image and get_task calls under way", registry=registry
+        )
         self.images = Counter("qolaba_images_delivered", "Images put in results", ["model"], registry=registry)
         self.notes = Counter(
             "qolaba_delivery_notes", "Images delivered with a problem, by reason", ["reason"], registry=registry

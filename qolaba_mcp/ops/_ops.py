@@ -98,7 +98,6 @@ class Ops:
         if self.metrics is not None:
             label = self.model_label(model)
             self.metrics.started.labels(label).inc()
-            self.metrics.in_flight.inc()
             if estimate_usd is not None:
                 self.metrics.spend.labels(label, "estimated").inc(estimate_usd)
 
@@ -111,7 +110,6 @@ class Ops:
         images: int = 0,
         cost_usd: float | None = None,
         notes: Iterable[str] = (),
-        started: bool = True,
     ) -> None:
         """A generation call (generate_image or get_task) ended with ``outcome`` (its status, or ERROR)."""
         span = trace.get_current_span()
@@ -127,8 +125,6 @@ class Ops:
         if self.metrics is None:
             return
         label = self.model_label(model)
-        if started:
-            self.metrics.in_flight.dec()
         self.metrics.finished.labels(label, outcome if outcome in _OUTCOMES else "other").inc()
         if images:
             self.metrics.images.labels(label).inc(images)
