@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # (measured on 2 cores: -n 4 finished sooner than -n 3, and stays green with a core kept busy beside it).
 PYTEST_ARGS ?= -n 4
 
-.PHONY: test lint demo sandbox soak fuzz bench interop browser clean bundle dist
+.PHONY: test lint demo sandbox soak fuzz bench interop browser clean bundle dist scale
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: $(STAMP)
 # or FAIL under CI=true. See scripts/interop.sh.
 interop: $(STAMP)
 	bash scripts/interop.sh
+	$(BIN)/python -m bench.scale --calls 30 --latency-calls 10
+
+# Three --stateless replicas on a throwaway PostgreSQL behind HAProxy (deploy/haproxy.cfg; apt-get installs it when
+# missing), 200 generations while one replica is SIGKILLed and another SIGTERMed: generations lost, duplicate
+# submissions, budget exactness, failed calls, added latency. Writes its section of BENCHMARKS.md; exit 1 on a loss.
+scale: $(STAMP)
+	$(BIN)/python -m bench.scale --calls 200 --out BENCHMARKS.md
 
 # The gallery MCP App in headless Chromium (the system's: chromium, chromium-browser or google-chrome), mounted by a
 # host page built on @modelcontextprotocol/ext-apps (scripts/apps_host, installed once under .interop/apps-host/),

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import anyio
 
     from ._config import Settings
+    from .ops import Ops
 
 
 def _fault(spec: str) -> object:
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-client-keys",
         action="store_true",
         help="HTTP: use a caller's own Qolaba key from the X-Qolaba-Api-Key header for that request",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at /metrics on this port (QOLABA_MCP_METRICS_HOST, default 127.0.0.1)",
     )
     serve.add_argument("--api-base-url", default=None, help="Qolaba API base URL (overrides QOLABA_API_BASE_URL)")
     serve.add_argument(
@@ -278,9 +286,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Set as the HTTP server starts to stop, so that calls still waiting return their task_id at once.
     stopping = anyio.Event()
+    ops, stop_tracing = _start_ops(settings, args)
     try:
         if args.transport == "http":
-            server = build_server(settings, transport="http", stopping=stopping)
+            server = build_server(settings, transport="http", stopping=stopping, ops=ops)
             from ._http import InsecureBindError, serve_http
 
             try:
@@ -293,12 +302,13 @@ def _serve(args: argparse.Namespace) -> int:
                     insecure_no_auth=args.insecure_no_auth,
                     log_level=args.log_level,
                     on_shutdown=stopping.set,
+                    ops=ops,
                 )
             except InsecureBindError as exc:
                 print(f"qolaba-mcp: {exc}", file=sys.stderr)
                 return 2
         else:
-            _run_stdio(settings, stopping)
+            _run_stdio(settings, stopping, ops)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # the ledger failing to open arrives wrapped in the server's task groups
@@ -317,16 +327,32 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"qolaba-mcp: {problem}", file=sys.stderr)
         return 2
     finally:
+        if stop_tracing is not None:
+            stop_tracing()  # the spans still batched go out before the process ends
         if sandbox is not None:
             sandbox.stop()
     return 0
+
+
+def _start_ops(settings: Settings, args: argparse.Namespace) -> tuple[Ops, Callable[[], None] | None]:
+    """Metrics (with --metrics-port) and traces (as the OTEL_* variables say); each imported only when on."""
+    from .ops import start_ops, start_tracing
+
+    stop_tracing = start_tracing(__version__)
+    ops = start_ops(
+        metrics_host=settings.mcp_metrics_host,
+        metrics_port=args.metrics_port,
+        tracing=stop_tracing is not None,
+        trace_prompts=settings.trace_prompts,
+    )
+    return ops, stop_tracing
 
 
 # After SIGTERM, how long a stdio server may take to write its ledger records before it exits anyway.
 STDIO_SHUTDOWN_S = 35.0
 
 
-def _run_stdio(settings: Settings, stopping: anyio.Event) -> None:
+def _run_stdio(settings: Settings, stopping: anyio.Event, ops: Ops) -> None:
     """Serve over stdio until the client leaves or SIGTERM comes; on SIGTERM, leave through the lifespan (ledger
     records still behind are written) and exit once it has ended.
 
@@ -337,7 +363,7 @@ def _run_stdio(settings: Settings, stopping: anyio.Event) -> None:
     from .server._server import build_server
 
     closed = threading.Event()
-    server = build_server(settings, transport="stdio", stopping=stopping, closed=closed)
+    server = build_server(settings, transport="stdio", stopping=stopping, closed=closed, ops=ops)
 
     async def main() -> None:
         async with anyio.create_task_group() as group:

@@ -160,6 +160,15 @@ class Settings(BaseModel):
         description="HTTP transport: accept a per-request Qolaba key in the X-Qolaba-Api-Key header.",
     )
 
+    mcp_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="HTTP transport: address of the --metrics-port listener (loopback unless set).",
+    )
+    trace_prompts: bool = Field(
+        default=False,
+        description="Put prompts in OpenTelemetry spans (off: spans carry no prompt).",
+    )
+
     @field_validator("mcp_allowed_hosts", "mcp_allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ._config import Settings
+from .ops import Health, Ops
 from .server._disconnect import DisconnectSignal
 
 log = logging.getLogger("qolaba_mcp.http")
@@ -127,11 +128,13 @@ def serve_http(
     insecure_no_auth: bool,
     log_level: str,
     on_shutdown: Callable[[], None] = lambda: None,
+    ops: Ops | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; then ``on_shutdown()`` (calls stop waiting) and a drain of SHUTDOWN_GRACE s."""
     drain = Drain(http_app(server, settings, host=host, stateless=stateless, insecure_no_auth=insecure_no_auth))
+    ops = ops or Ops()
     config = uvicorn.Config(
-        drain,
+        Health(drain, ops),  # /healthz and /readyz: before the token check and the drain (docs/operations.md)
         host=host,
         port=port,
         http=GuardedH11Protocol,
@@ -144,7 +147,7 @@ def serve_http(
     # sse-starlette (the SDK's SSE responses) would cut every stream the moment a signal arrives, results in
     # flight included; GracefulServer ends the streams itself once the calls have returned.
     AppStatus.enable_automatic_graceful_drain = False
-    graceful = GracefulServer(config, drain=drain, on_shutdown=on_shutdown)
+    graceful = GracefulServer(config, drain=drain, on_shutdown=_both(ops.drain, on_shutdown))
     if threading.current_thread() is not threading.main_thread():
         graceful.run()
         return
@@ -156,6 +159,14 @@ def serve_http(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _both(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 class Drain:

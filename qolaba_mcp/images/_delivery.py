@@ -140,8 +140,10 @@ class Delivery:
         max_pixels: int = MAX_PIXELS,
         max_downloads: int = 16,
         max_decodes: int = 2,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self._given = http
+        self._transport = transport
         self._own: httpx2.AsyncClient | None = None
         self._connect_timeout = connect_timeout
         self.output_dir = output_dir
@@ -195,6 +197,7 @@ class Delivery:
                 timeout=httpx2.Timeout(60, connect=self._connect_timeout),
                 follow_redirects=False,  # each hop is checked by _fetch before it is followed
                 headers={"User-Agent": "qolaba-mcp"},
+                transport=self._transport,
             )
         return self._own
 

@@ -10,10 +10,11 @@ queue keeps trying for ``flush_grace`` seconds, then logs every write still pend
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import anyio
 import anyio.abc
@@ -40,8 +41,10 @@ class WriteQueue:
         retry_min: float = RETRY_MIN_S,
         retry_max: float = RETRY_MAX_S,
         flush_grace: float = FLUSH_GRACE_S,
+        on_write: Callable[[float, Literal["ok", "retry", "failed"]], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._on_write = on_write  # each write's duration and outcome, for metrics
         self._retry_min, self._retry_max, self._flush_grace = retry_min, retry_max, flush_grace
         self._rows: dict[str, deque[tuple[str, Write]]] = {}  # writes not landed yet, oldest first, per row
         self._busy: set[str] = set()  # rows a writer is working through (a caller, or a retrying task)
@@ -111,9 +114,11 @@ class WriteQueue:
         writes = self._rows[row_id]
         while writes:
             what, write = writes[0]
+            started = time.monotonic()
             try:
                 await write(self._ledger)
             except LedgerError as exc:
+                self._observe(started, "retry" if exc.transient else "failed")
                 if exc.transient:
                     log.warning("the ledger did not take %s for generation %s yet (%s); retrying", what, row_id, exc)
                     self._behind.add(row_id)
@@ -121,12 +126,19 @@ class WriteQueue:
                 # Trying again cannot help (the row is gone, the ledger is closed): said loudly, not retried forever.
                 log.exception("the ledger refused %s for generation %s; it is not kept", what, row_id)
             except Exception:
+                self._observe(started, "failed")
                 log.exception("writing %s for generation %s failed; it is not kept", what, row_id)
+            else:
+                self._observe(started, "ok")
             writes.popleft()
         del self._rows[row_id]
         self._busy.discard(row_id)
         self._behind.discard(row_id)
         return True
+
+    def _observe(self, started: float, outcome: Literal["ok", "retry", "failed"]) -> None:
+        if self._on_write is not None:
+            self._on_write(time.monotonic() - started, outcome)
 
     async def _retry(self, row_id: str) -> None:
         delay = self._retry_min

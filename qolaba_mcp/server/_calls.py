@@ -11,9 +11,10 @@ from mcp.types import CallToolResult
 from pydantic import SecretStr
 
 from .._config import Settings
-from .._errors import QolabaError
+from .._errors import QolabaError, ResponseFormatError
 from ..generations._pacing import ProgressFn
 from ..generations._rows import Recorded
+from ..money._spend import SpendRefusedError
 from ._context import AppContext
 from ._disconnect import while_connected
 from ._results import explain, generation_result
@@ -47,11 +48,22 @@ async def run_call(
 ) -> Recorded:
     """Run a job for a tool call: the caller's key, progress to the caller, stop if it leaves, errors as text."""
     app = app_of(ctx)
+    gauge = app.ops.metrics.in_flight if app.ops.metrics is not None else None
     try:
+        if gauge is not None:
+            gauge.inc()
         return await while_connected(ctx, start(progress_sender(ctx), client_key(ctx, app.settings)))
     except QolabaError as exc:
         exc.task_id = exc.task_id or task_id
+        if isinstance(exc, SpendRefusedError):
+            app.ops.refused("budget")
+        elif isinstance(exc, ResponseFormatError):
+            app.ops.api_malformed()
+        app.ops.generation_ended(model, outcome="ERROR", task_id=exc.task_id)
         raise ToolError(explain(exc, app.catalog, model=model, data_uris=data_uris)) from exc
+    finally:
+        if gauge is not None:
+            gauge.dec()
 
 
 def client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | None:
@@ -97,6 +109,14 @@ async def finished_result(
         generation, save=save, wait_seconds=wait_seconds, started=started
     )
     app.links.add(image.url for image in generation.images)
+    app.ops.generation_ended(
+        generation.model,
+        outcome=generation.status,
+        task_id=generation.task_id,
+        images=len(generation.images),
+        cost_usd=generation.usage.cost_usd if generation.usage is not None else None,
+        notes=delivered.notes if delivered is not None else (),
+    )
     return generation_result(
         generation,
         delivered,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import httpx2
 
 from .._config import Settings
 from ..api._catalog import Catalog, CatalogFileError
@@ -24,6 +25,7 @@ from ..generations._runner import SUBMIT_MIN_SECONDS, Runner
 from ..images._delivery import Delivery, default_output_dir
 from ..images._inputs import parse_roots
 from ..ledger import WriteQueue
+from ..ops import ObservedTransport, Ops
 
 log = logging.getLogger("qolaba_mcp.server")
 
@@ -63,6 +65,7 @@ class AppContext:
     listings: dict[tuple[str | None, tuple[str, ...]], tuple[Catalog, str, dict[str, Any]]] = field(
         default_factory=dict
     )
+    ops: Ops = field(default_factory=Ops)  # readiness, metrics and trace hooks (all off by default)
     # the gallery's previews: decoded a few at a time, whatever an app asks for at once
     gallery_decodes: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(2))
 
@@ -73,10 +76,18 @@ def lifespan(
     transport: Literal["stdio", "http"],
     stopping: anyio.Event | None,
     closed: threading.Event | None,
+    ops: Ops | None = None,
 ) -> Callable[[Any], AbstractAsyncContextManager[AppContext]]:
     """The server's lifespan: the HTTP clients, the catalogue, the ledger and the runners, made and closed in order.
 
     ``closed`` is set once it has ended: every ledger record written (or given up on), every client shut."""
+
+    observed = ops or Ops()
+    # Only an observed server gets the wrapping transports: otherwise the clients are exactly as before.
+    watched = observed.metrics is not None or observed.tracing
+
+    def observed_transport(kind: Literal["api", "image"]) -> httpx2.AsyncBaseTransport | None:
+        return ObservedTransport(httpx2.AsyncHTTPTransport(), ops=observed, kind=kind) if watched else None
 
     @asynccontextmanager
     async def app_lifespan(server: Any) -> AsyncIterator[AppContext]:
@@ -92,6 +103,7 @@ def lifespan(
             connect_timeout=settings.connect_timeout,
             request_timeout=settings.request_timeout,
             sync_timeout=settings.sync_timeout,
+            transport=observed_transport("api"),
         )
         poll = PollPolicy(min_interval=settings.poll_min_interval, max_interval=settings.poll_max_interval)
         output_dir = settings.output_dir or default_output_dir()  # the one place the default folder is chosen
@@ -105,6 +117,7 @@ def lifespan(
             # The API's own origin is trusted as the API is: a local or self-hosted API (the sandbox) just works.
             trusted_origins=frozenset({settings.api_base_url}),
             allow_private=settings.download_allow_private,
+            transport=observed_transport("image"),
         )
         # Runner holds the task group where synchronous requests outlive their calls: it lives as long as the server.
         ledger = await open_configured_ledger(settings)
@@ -118,7 +131,8 @@ def lifespan(
                 stack.push_async_callback(ledger.close)
             await stack.enter_async_context(client)
             if ledger is not None:
-                writes = await stack.enter_async_context(WriteQueue(ledger=ledger))
+                on_write = observed.ledger_write if observed.metrics is not None else None
+                writes = await stack.enter_async_context(WriteQueue(ledger=ledger, on_write=on_write))
             runner = await stack.enter_async_context(Runner(client=client, poll=poll, stopping=stopping))
             recorded = None
             if ledger is not None:
@@ -146,7 +160,11 @@ def lifespan(
                 delivery=delivery,
                 save_by_default=settings.save == "on" or (settings.save == "auto" and transport == "stdio"),
             )
+            # ready: the catalogue is loaded; the probe is one primary-key read of the ledger (no API call)
+            observed.ready(probe=_ledger_probe(ledger), models=catalog.ids())
+            stack.callback(observed.stopped)
             yield AppContext(
+                ops=observed,
                 settings=settings,
                 generations=generations,
                 delivery=delivery,
@@ -158,3 +176,10 @@ def lifespan(
             )
 
     return app_lifespan
+
+
+def _ledger_probe(ledger: Any) -> Callable[[], Awaitable[object]]:
+    async def probe() -> object:
+        return None if ledger is None else await ledger.get("readiness-probe")
+
+    return probe

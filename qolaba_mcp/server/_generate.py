@@ -18,7 +18,7 @@ from ..api._wire import GenerateRequest
 from ..images._inputs import EarlierImage, InputError, InputResolver, has_data_uri
 from ..ledger import LedgerError
 from ..money._assess import Assessment, Confirm, Refused, answered, assess
-from ..money._spend import Quote, SpendApproval
+from ..money._spend import Quote, SpendApproval, check_caps
 from ._calls import app_of, client_key, finished_result, run_call
 from ._context import AppContext
 from ._params import RESULT_KEYS, MaxCost, Mode, Save, given, keyword, make_tool, set_signature, wait_limited
@@ -33,12 +33,13 @@ def generate_image_tool(settings: Settings) -> Tool:
         app = app_of(ctx)
         spend: Assessment = arguments.pop("spend")
         approval: ElicitationResult[Any] = arguments.pop("approval")
-        arguments.pop("max_cost_usd", None)  # assessed with the spend
+        max_cost = arguments.pop("max_cost_usd", None)  # assessed with the spend
         mode = given(arguments.pop("mode", None), "async")
         wait_seconds = float(given(arguments.pop("wait_seconds", None), wait_default))
         save = arguments.pop("save", None)
         request, inputs = await _resolve_inputs(ctx, GenerateRequest(**arguments, celery=mode == "async"))
-        priced = _spend_verdict(request, spend, approval)
+        priced = _spend_verdict(app, request, spend, approval, max_cost)
+        app.ops.generation_started(request.model, estimate_usd=priced.estimate_usd, prompt=request.prompt)
         generation = await run_call(
             ctx,
             lambda report, key: app.generations.generate(
@@ -140,14 +141,24 @@ async def _confirmation(
     return spend
 
 
-def _spend_verdict(request: GenerateRequest, spend: Assessment, approval: ElicitationResult[Any]) -> Quote:
+def _spend_verdict(
+    app: AppContext,
+    request: GenerateRequest,
+    spend: Assessment,
+    approval: ElicitationResult[Any],
+    max_cost: float | None,
+) -> Quote:
     """The quote to generate at, once the live list's published limits, the assessment and the user let it go."""
     info = spend.quote.info
     if info is not None and (problem := check_request(info, request)) is not None:
+        app.ops.refused("validation")
         raise ToolError(f"{problem}. Nothing was submitted.")
     data = approval.data if isinstance(approval, AcceptedElicitation) else None
     verdict = answered(spend, action=approval.action, approve=isinstance(data, SpendApproval) and data.approve is True)
     if isinstance(verdict, Refused):
+        # a cap refuses whatever the user says; otherwise no user approved it (declined, or could not be asked)
+        capped = check_caps(app.settings, spend.quote, max_cost_usd=max_cost) is not None
+        app.ops.refused("per_call_cap" if capped else "confirmation_declined")
         raise ToolError(verdict.text)
     return verdict.quote
 

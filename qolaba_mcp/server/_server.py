@@ -20,6 +20,8 @@ from pydantic import AnyUrl, ValidationError
 
 from .. import __version__
 from .._config import Settings
+from ..ops import OperationDuration, Ops
+from ._calls import app_of
 from ._context import lifespan
 from ._gallery import app_only, gallery_extension, shows_gallery, without_apps
 from ._generate import generate_image_tool
@@ -69,6 +71,8 @@ class QolabaServer(MCPServer):
         except ToolError as exc:
             if not isinstance(exc.__cause__, ValidationError):
                 raise
+            if context is not None and name == "generate_image":
+                app_of(context).ops.refused("validation")
             tool = self._tool_manager.get_tool(name)
             known = list(tool.parameters.get("properties", {})) if tool is not None else []
             raise ToolError(argument_errors(name, exc.__cause__, known)) from exc.__cause__
@@ -87,6 +91,7 @@ def build_server(
     transport: Literal["stdio", "http"] = "stdio",
     stopping: anyio.Event | None = None,
     closed: threading.Event | None = None,
+    ops: Ops | None = None,
 ) -> MCPServer:
     """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan.
 
@@ -97,7 +102,7 @@ def build_server(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
-        lifespan=lifespan(settings, transport=transport, stopping=stopping, closed=closed),
+        lifespan=lifespan(settings, transport=transport, stopping=stopping, closed=closed, ops=ops),
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
         tools=[
             shows_gallery(generate_image_tool(settings)),
@@ -110,4 +115,8 @@ def build_server(
         extensions=[gallery_extension()],
     )
     add_resources(server)
+    if ops is not None:
+        ops.known_tools = frozenset(tool.name for tool in server._tool_manager.list_tools())
+        if ops.metrics is not None:
+            server.middleware.append(OperationDuration(ops, transport="pipe" if transport == "stdio" else "tcp"))
     return server
