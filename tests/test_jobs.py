@@ -121,3 +121,24 @@ async def test_poll_failures_are_ridden_out(qolaba_sandbox: SandboxServer) -> No
         generation = await jobs.generate(request(), wait_seconds=20)
     assert generation.status == "SUCCESS" and generation.images
     assert qolaba_sandbox.stats()["faults_total"] > 0
+
+
+@pytest.mark.qolaba_sandbox(latency=1.0)
+async def test_a_stopping_runner_lets_a_synchronous_request_finish_within_its_grace(
+    qolaba_sandbox: SandboxServer,
+) -> None:
+    """A server that stops while a synchronous request runs (a replica drained by SIGTERM) waits for it, within the
+    grace, so its outcome is recorded and answerable elsewhere instead of cancelled mid-request."""
+    settled: list[object] = []
+
+    async def record(outcome: object) -> None:
+        settled.append(outcome)
+
+    sync = GenerateRequest(model="vertex/nano-banana-flash", prompt="cat", celery=False)
+    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
+        async with Runner(client=client, shutdown_grace=30) as runner:
+            pending = await runner.generate(sync, wait_seconds=0, on_settled=record)
+            assert pending.status == "PENDING" and pending.task_id is not None
+        # the context has ended: the request was waited for, not cancelled
+    assert [getattr(outcome, "status", None) for outcome in settled] == ["SUCCESS"]
+    assert qolaba_sandbox.stats()["submissions"] == 1

@@ -58,6 +58,7 @@ SUBMIT_MIN_SECONDS = 10.0  # an async submission always gets this long to answer
 LOCAL_ID_PREFIX = "sync-"  # task ids this process made up for synchronous requests that outlived their call
 SYNC_KEEP_SECONDS = 3600.0  # how long a finished synchronous request's outcome stays answerable
 SYNC_KEEP_MAX = 1000  # at most this many finished ones are kept (the oldest go first)
+SYNC_SHUTDOWN_GRACE = 5.0  # seconds a stopping server waits for its synchronous requests to finish
 _MAX_MODEL = 200  # characters of a model name the API reports
 
 
@@ -129,8 +130,10 @@ class Runner:
         retry: RetryPolicy | None = None,
         heartbeat: float = 1.0,
         stopping: anyio.Event | None = None,
+        shutdown_grace: float = SYNC_SHUTDOWN_GRACE,
     ) -> None:
         self._stopping = stopping  # once set (the server is stopping), waits end and return what they have
+        self._shutdown_grace = shutdown_grace
         self._client = client
         self._poll = poll or PollPolicy()
         self._retry = retry or RetryPolicy()
@@ -149,7 +152,12 @@ class Runner:
     ) -> None:
         group, self._background = self._background, None
         if group is not None:
-            group.cancel_scope.cancel()  # the server is going: its synchronous requests go with it
+            # A synchronous request that finishes within the grace is recorded (by its on_settled) and so stays
+            # answerable from the ledger on any replica; one still running after it goes with the server.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._shutdown_grace):
+                for entry in list(self._sync.values()):
+                    await entry.done.wait()
+            group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
 
     async def generate(
