@@ -135,10 +135,12 @@ async def test_a_stopping_runner_lets_a_synchronous_request_finish_within_its_gr
         settled.append(outcome)
 
     sync = GenerateRequest(model="vertex/nano-banana-flash", prompt="cat", celery=False)
-    async with QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client:
-        async with Runner(client=client, shutdown_grace=30) as runner:
-            pending = await runner.generate(sync, wait_seconds=0, on_settled=record)
-            assert pending.status == "PENDING" and pending.task_id is not None
-        # the context has ended: the request was waited for, not cancelled
+    async with (
+        QolabaClient(base_url=qolaba_sandbox.base_url, api_key="k") as client,
+        Runner(client=client, shutdown_grace=30) as runner,
+    ):
+        pending = await runner.generate(sync, wait_seconds=0, on_settled=record)
+        assert pending.status == "PENDING" and pending.task_id is not None
+    # the runner's context has ended: the request was waited for, not cancelled
     assert [getattr(outcome, "status", None) for outcome in settled] == ["SUCCESS"]
     assert qolaba_sandbox.stats()["submissions"] == 1
