@@ -131,8 +131,8 @@ def free_port() -> int:
 class HttpServer:
     """``qolaba-mcp --transport http`` in a subprocess on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
