@@ -260,10 +260,11 @@ class Issuer:
                 problem = "issued by another issuer"
             elif self.audience not in audiences:
                 problem = "issued for another resource (audience)"
-            elif not isinstance(answer.get("sub"), str) or not answer["sub"]:
-                problem = "has no subject"
+            elif not (answer.get("sub") or answer.get("client_id")):
+                problem = "without a subject"
             else:
-                verified = _verified(answer)
+                # RFC 9068 section 2.2: a client acting for itself (client credentials) is its own subject.
+                verified = _verified({**answer, "sub": answer.get("sub") or answer["client_id"]})
         expiry = answer.get("exp") if verified else None
         ttl = INTROSPECTION_TTL if not isinstance(expiry, int | float) else min(INTROSPECTION_TTL, expiry - time.time())
         if len(self._introspected) >= INTROSPECTION_CACHE_MAX:

@@ -31,7 +31,7 @@ async function newKey() {
 function build(issuer) {
   const provider = new Provider(issuer, {
     clients: [client('alice', BOTH), client('bob', BOTH), client('reader', 'qolaba:read'), client('opaque', BOTH),
-      client('introspector', '')],
+      client('introspector', 'qolaba:read')],
     jwks: { keys },
     scopes: ['qolaba:read', 'qolaba:generate'],
     features: {
