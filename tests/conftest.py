@@ -154,6 +154,11 @@ class HttpServer:
         self.stop()
         raise RuntimeError("the HTTP server did not start in 30 s")
 
+    def stderr(self) -> str:
+        """What the running server has written to stderr so far."""
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace")
+
     def stop(self) -> tuple[str, str]:
         """Stop the server; its stdout and stderr."""
         self.proc.terminate()

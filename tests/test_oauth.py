@@ -82,18 +82,27 @@ class Issuer:
 
 
 @pytest.fixture(scope="module")
-def setup(shared_sandbox: SandboxServer) -> Iterator[tuple[Issuer, HttpServer]]:
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("oauth")
+
+
+@pytest.fixture(scope="module")
+def setup(shared_sandbox: SandboxServer, files: Path) -> Iterator[tuple[Issuer, HttpServer]]:
     port = free_port()
     issuer = Issuer(f"http://127.0.0.1:{port}/mcp")
     server = HttpServer(
         server_env(
             shared_sandbox.base_url,
+            QOLABA_LEDGER_URL=f"sqlite:///{files / 'ledger.db'}",
+            QOLABA_OUTPUT_DIR=str(files / "images"),
             QOLABA_MCP_OAUTH_ISSUER=issuer.url,
             QOLABA_MCP_PUBLIC_URL=issuer.resource,
             QOLABA_MCP_OAUTH_INTROSPECTION_CLIENT_ID="introspector",
             QOLABA_MCP_OAUTH_INTROSPECTION_CLIENT_SECRET="introspector-secret",
             QOLABA_SAVE="on",
         ),
+        "--log-level",
+        "DEBUG",
         port=port,
     )
     yield issuer, server
@@ -240,7 +249,7 @@ async def _session(url: str, token: str) -> tuple[httpx2.AsyncClient, Any]:
 
 
 @pytest.mark.anyio
-async def test_two_people_two_histories(setup: tuple[Issuer, HttpServer]) -> None:
+async def test_two_people_two_histories(setup: tuple[Issuer, HttpServer], files: Path) -> None:
     issuer, server = setup
     alice, bob = issuer.token("alice"), issuer.token("bob")
     http, client = await _session(server.url, alice)
@@ -258,6 +267,30 @@ async def test_two_people_two_histories(setup: tuple[Issuer, HttpServer]) -> Non
         assert peek.is_error
         spend = await client.call_tool("get_spend", {})
         assert spend.structured_content["last_24h"]["total_usd"] == 0
+    saved = list((files / "images").glob("alice-*/*.png"))
+    assert saved and not list((files / "images").glob("*.png"))  # in alice's own folder, nowhere else
+    report = subprocess.run(
+        [sys.executable, "-m", "qolaba_mcp", "spend", "--json"],
+        env=server_env(issuer.url, QOLABA_LEDGER_URL=f"sqlite:///{files / 'ledger.db'}"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    people = {person["subject"]: person for person in json.loads(report.stdout)["people"]}
+    assert people["alice"]["issuer"] == issuer.url and "bob" not in people
+    assert alice not in report.stdout and alice not in report.stderr
+
+
+def test_tokens_stay_out_of_the_log(setup: tuple[Issuer, HttpServer]) -> None:
+    issuer, server = setup
+    bad = forged(issuer, aud="https://other.example/mcp")
+    assert post(server, bad).status_code == 401
+    good = issuer.token("alice")
+    assert post(server, good).status_code == 200
+    err = server.stderr()  # at DEBUG, uvicorn's access log included
+    assert "refused a token" in err
+    for token in (bad, good):
+        assert token not in err and token.split(".")[1] not in err and token.split(".")[2] not in err
 
 
 @pytest.mark.anyio
