@@ -56,6 +56,7 @@ DISCOVERY_RETRY = 5.0
 INTROSPECTION_TTL = 60.0
 """Longest time an introspection answer is reused (never past the token's expiry)."""
 INTROSPECTION_CACHE_MAX = 10_000
+"""Most tokens remembered as checked (JWTs) or introspected; past it the memory starts afresh."""
 
 
 class TokenRejected(Exception):
@@ -105,6 +106,7 @@ class Issuer:
         self._last_refetch = -KEYS_REFRESH_GAP
         self._lock = asyncio.Lock()
         self._introspected: dict[str, tuple[float, Verified | None]] = {}
+        self._checked: dict[bytes, Verified] = {}  # sha256 of a verified JWT: its claims, until it expires
 
     @property
     def ready(self) -> bool:
@@ -190,7 +192,17 @@ class Issuer:
     async def verify(self, token: str) -> Verified:
         """The token's subject and scopes, or TokenRejected."""
         if token.count(".") == 2:
-            return await self._verify_jwt(token)
+            # A JWT whose signature and claims were checked is not checked again until it expires: the same bytes
+            # verify the same way, and the RSA check is most of the cost of a call with a token.
+            digest = hashlib.sha256(token.encode()).digest()
+            known = self._checked.get(digest)
+            if known is not None and (known.expires_at is None or known.expires_at + LEEWAY > time.time()):
+                return known
+            verified = await self._verify_jwt(token)
+            if len(self._checked) >= INTROSPECTION_CACHE_MAX:
+                self._checked.clear()
+            self._checked[digest] = verified
+            return verified
         if self._introspection_url is None or self._introspection_auth is None:
             raise TokenRejected("not a JWT, and this server has no introspection credentials for opaque tokens")
         return await self._introspect(token)
