@@ -349,8 +349,10 @@ class OAuthGate:
             await self._app(scope, receive, send)
             return
         path = scope["path"]
-        if path in self._metadata_paths and scope["method"] in ("GET", "HEAD"):
-            await _respond(send, 200, self._metadata, [(b"access-control-allow-origin", b"*")])
+        if path in self._metadata_paths and scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            # Public and the same for everyone: browser-based clients (the Inspector) may read it from any origin.
+            cors = [(b"access-control-allow-origin", b"*"), (b"access-control-allow-methods", b"GET, OPTIONS")]
+            await _respond(send, 200, b"" if scope["method"] == "OPTIONS" else self._metadata, cors)
             return
         if path.rstrip("/") != self._mcp_path:
             await self._app(scope, receive, send)

@@ -432,6 +432,10 @@ class Delivery:
         person = acting_person()
         return self._output_root if person is None else self._output_root / person.folder
 
+    @output_dir.setter
+    def output_dir(self, folder: Path) -> None:
+        self._output_root = folder
+
     def _open_partial(self) -> tuple[Path, IO[bytes]]:
         """A new file beside the targets, renamed over one when whole: a reader never sees half an image."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
