@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -159,6 +161,29 @@ class Settings(BaseModel):
         default=False,
         description="HTTP transport: accept a per-request Qolaba key in the X-Qolaba-Api-Key header.",
     )
+    mcp_oauth_issuer: str | None = Field(
+        default=None,
+        description="HTTP transport: the OAuth 2.1 authorization server (its issuer URL) whose access tokens "
+        "identify callers; turns OAuth on (see docs/oauth.md).",
+    )
+    mcp_public_url: str | None = Field(
+        default=None,
+        description="HTTP transport: this server's public https URL of /mcp, the resource tokens must be issued "
+        "for (their audience); required with QOLABA_MCP_OAUTH_ISSUER.",
+    )
+    mcp_oauth_introspection_url: str | None = Field(
+        default=None,
+        description="HTTP transport: the issuer's RFC 7662 introspection endpoint, for opaque (non-JWT) access "
+        "tokens (default: the one the issuer's metadata names).",
+    )
+    mcp_oauth_introspection_client_id: str | None = Field(
+        default=None,
+        description="HTTP transport: the client id this server introspects opaque tokens with.",
+    )
+    mcp_oauth_introspection_client_secret: SecretStr | None = Field(
+        default=None,
+        description="HTTP transport: the client secret this server introspects opaque tokens with.",
+    )
 
     mcp_metrics_host: str = Field(
         default="127.0.0.1",
@@ -184,6 +209,26 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> Settings:
+        if self.mcp_oauth_issuer is None:
+            return self
+        if self.mcp_auth_token is not None:
+            raise ValueError(
+                "QOLABA_MCP_OAUTH_ISSUER and QOLABA_MCP_AUTH_TOKEN are both set: with OAuth every caller signs in, "
+                "so a shared static token would let anyone act as nobody in particular; unset QOLABA_MCP_AUTH_TOKEN"
+            )
+        if self.mcp_public_url is None:
+            raise ValueError(
+                "QOLABA_MCP_OAUTH_ISSUER needs QOLABA_MCP_PUBLIC_URL: the public https URL of /mcp that tokens are "
+                "issued for (e.g. https://mcp.example.com/mcp)"
+            )
+        for name in ("mcp_oauth_issuer", "mcp_public_url", "mcp_oauth_introspection_url"):
+            problem = _url_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}: {problem}")
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``QOLABA_<FIELD>`` variables (empty ones count as unset), then ``overrides``."""
@@ -203,3 +248,22 @@ class Settings(BaseModel):
                 for err in exc.errors(include_input=False, include_url=False)
             )
             raise SettingsError(f"invalid configuration: {problems}") from None
+
+
+def _url_problem(url: str | None) -> str | None:
+    """Why an OAuth URL cannot be trusted, or None: plain http is for loopback (a test issuer) only."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        return "must be an https URL without a query or fragment"
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        return "must use https off loopback (tokens and keys would travel in the clear)"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

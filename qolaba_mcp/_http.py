@@ -95,7 +95,8 @@ async def _send_json(send: Send, status: int, body: dict[str, str], headers: lis
 def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: bool, insecure_no_auth: bool) -> ASGIApp:
     """The ASGI app; responses stream as SSE so progress notifications reach HTTP clients too."""
     token = settings.mcp_auth_token.get_secret_value() if settings.mcp_auth_token else ""
-    if not token and not is_loopback(host) and not insecure_no_auth:
+    oauth = settings.mcp_oauth_issuer is not None  # OAuth (issue 23): every caller signs in; see _oauth.py
+    if not token and not oauth and not is_loopback(host) and not insecure_no_auth:
         raise InsecureBindError(
             f"refusing to serve on {host} without authentication: set QOLABA_MCP_AUTH_TOKEN (clients then send "
             "Authorization: Bearer <token>), bind 127.0.0.1, or pass --insecure-no-auth if something in front of "
@@ -115,6 +116,10 @@ def http_app(server: MCPServer, settings: Settings, *, host: str, stateless: boo
         transport_security=security,
     )
     guarded = DisconnectSignal(app)
+    if oauth:
+        from ._oauth import OAuthGate
+
+        return OAuthGate(guarded, settings, mcp_path=MCP_PATH)
     return BearerAuth(guarded, token) if token else guarded
 
 

@@ -2,7 +2,8 @@
 # Interop gate: MCP clients and schema converters written elsewhere drive `qolaba-mcp --sandbox` over stdio, each
 # pinned and installed in its own environment under .interop/ (ignored by git), one script per client in
 # scripts/interop/. Each lists the tools, calls list_models and generate_image, and reads back every resource_link
-# it was given; see scripts/interop/*.{py,mjs,sh} for what each one checks.
+# it was given; see scripts/interop/*.{py,mjs,sh} for what each one checks. ts-sdk-oauth serves it over HTTP with
+# OAuth instead, and signs in from a bare 401 against a local authorization server (scripts/interop/ts_oauth_client.mjs).
 #
 #   bash scripts/interop.sh        install what is missing or changed, run every client, print one line per client
 #   bash scripts/interop.sh lock   re-lock scripts/interop/requirements/*.txt from the pins in *.in
@@ -97,6 +98,15 @@ install_apps_host() {
     try_install apps-host npm npm_reachable "$log" bash scripts/apps_host/build.sh "$prefix"
 }
 
+# The OAuth client: the TypeScript SDK above, and the authorization server it signs in with (tests/oauth: the pinned
+# oidc-provider, npm ci from its lock); its status is the SDK's when that failed.
+install_oauth() {
+    local log=$LOGS/install-ts-sdk-oauth.log
+    if [ "$(cut -d' ' -f1 "$STATUS/ts-sdk" 2>/dev/null)" != ok ]; then cp "$STATUS/ts-sdk" "$STATUS/ts-sdk-oauth"; return; fi
+    if [ -d tests/oauth/node_modules/oidc-provider ]; then echo ok >"$STATUS/ts-sdk-oauth"; return; fi
+    try_install ts-sdk-oauth npm npm_reachable "$log" npm ci --no-audit --no-fund --loglevel=error --prefix tests/oauth
+}
+
 install_uv() { # into a venv of its own, with pip (and so pip's configuration)
     local prefix=$STATE/uv key
     key="uv==$UV_VERSION $(python3 -V 2>&1)"
@@ -159,11 +169,12 @@ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || have_node=0
 say "installing what is missing or changed under $STATE/ (logs in $LOGS/)"
 if [ $have_node = 1 ]; then
     install_npm inspector "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" node_modules/.bin/mcp-inspector &
-    install_npm ts-sdk "@modelcontextprotocol/sdk@$TS_SDK_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
+    { install_npm ts-sdk "@modelcontextprotocol/sdk@$TS_SDK_VERSION" node_modules/@modelcontextprotocol/sdk/package.json
+      install_oauth; } &
     install_npm ts-sdk-1.11 "@modelcontextprotocol/sdk@$TS_SDK_LEGACY_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
     install_apps_host &
 else
-    for env in inspector ts-sdk ts-sdk-1.11 apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
+    for env in inspector ts-sdk ts-sdk-oauth ts-sdk-1.11 apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
 fi
 install_python_envs &
 wait
@@ -180,6 +191,7 @@ npm_pin() { sed -nE "s|^ *\"$1\": \"([^\"]+)\".*|\1|p" scripts/apps_host/package
 ROWS=(
     "mcp-inspector|@modelcontextprotocol/inspector $INSPECTOR_VERSION|inspector|bash $HERE/inspector_client.sh $STATE/inspector"
     "ts-sdk|@modelcontextprotocol/sdk $TS_SDK_VERSION|ts-sdk|node $HERE/ts_client.mjs $STATE/ts-sdk"
+    "ts-sdk-oauth|@modelcontextprotocol/sdk $TS_SDK_VERSION (OAuth)|ts-sdk-oauth|node $HERE/ts_oauth_client.mjs $STATE/ts-sdk"
     "ts-sdk-1.11|@modelcontextprotocol/sdk $TS_SDK_LEGACY_VERSION|ts-sdk-1.11|node $HERE/ts_client.mjs $STATE/ts-sdk-1.11"
     "pydantic-ai|pydantic-ai-slim $(pin pydantic-ai pydantic-ai-slim)|pydantic-ai|$STATE/pydantic-ai/bin/python $HERE/pydantic_ai_client.py"
     "pydantic-ai-1|pydantic-ai-slim $(pin pydantic-ai-1 pydantic-ai-slim)|pydantic-ai-1|$STATE/pydantic-ai-1/bin/python $HERE/pydantic_ai_client.py"

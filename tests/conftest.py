@@ -173,14 +173,14 @@ class HttpServer:
     Ready once that process itself listens there and answers: a port found free can be taken by another test's
     server before this one binds it (its requests would reach the other server). Then it starts again on another."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, port: int | None = None) -> None:
         for _ in range(3):
-            if self._start(env, args):
+            if self._start(env, args, port):
                 return
         raise RuntimeError("the HTTP server could not bind a free port three times")
 
-    def _start(self, env: dict[str, str], args: tuple[str, ...]) -> bool:
-        self.port = free_port()
+    def _start(self, env: dict[str, str], args: tuple[str, ...], port: int | None) -> bool:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         # Files, not pipes: a chatty server must never block on a full pipe nobody reads.
         self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
@@ -206,6 +206,11 @@ class HttpServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("the HTTP server did not start in 30 s")
+
+    def stderr(self) -> str:
+        """What the running server has written to stderr so far."""
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace")
 
     def stop(self) -> tuple[str, str]:
         """Stop the server; its stdout and stderr."""

@@ -27,6 +27,7 @@ from .._errors import (
     QolabaError,
     TaskNotFoundError,
 )
+from .._identity import acting_person
 from ..api._wire import GenerateRequest
 from ..ledger import (
     ACTIVE_STATES,
@@ -150,7 +151,10 @@ class RecordedRunner:
         return self.writes.pending(row_id)
 
     def principal(self, api_key: SecretStr | None) -> str:
-        """Who asks: a hash of the key in use (the caller's own, or the server's)."""
+        """Who asks: the signed-in person (OAuth), else a hash of the key in use (the caller's own, or the server's)."""
+        person = acting_person()
+        if person is not None:
+            return person.principal
         key = api_key or self._api_key
         return principal_of(key.get_secret_value() if key else "")
 

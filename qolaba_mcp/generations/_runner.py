@@ -29,6 +29,7 @@ from .._errors import (
     ServerError,
     TaskNotFoundError,
 )
+from .._identity import acting_person
 from ..api._client import QolabaClient
 from ..api._wire import (
     MAX_API_TEXT,
@@ -236,8 +237,9 @@ class Runner:
         )  # fmt: skip
 
     def principal(self, api_key: SecretStr | None) -> str:
-        """Who asks: a hash of the key in use (the caller's own, or the server's)."""
-        return principal_of(self._client.key_in_use(api_key))
+        """Who asks: the signed-in person (OAuth), else a hash of the key in use (the caller's own, or the server's)."""
+        person = acting_person()
+        return person.principal if person is not None else principal_of(self._client.key_in_use(api_key))
 
     def _start_sync(self, request: GenerateRequest, *, api_key: SecretStr | None, wait_seconds: float) -> _SyncRequest:
         if self._background is None:

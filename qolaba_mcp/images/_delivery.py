@@ -29,6 +29,7 @@ from typing import IO, Self
 import anyio
 import httpx2
 
+from .._identity import acting_person
 from ..api._wire import ImageOutput
 from . import _fetch
 from ._fetch import DownloadError, IncompleteImage
@@ -146,7 +147,7 @@ class Delivery:
         self._transport = transport
         self._own: httpx2.AsyncClient | None = None
         self._connect_timeout = connect_timeout
-        self.output_dir = output_dir
+        self._output_root = output_dir
         self.preview = preview
         self.preview_max_bytes = preview_max_bytes
         self.max_download_bytes = max_download_bytes
@@ -427,6 +428,16 @@ class Delivery:
             raise _Stop(f"{label}: {exc.message}") from None
         except OSError as exc:  # writing the download: a full disk, a folder gone
             raise _Stop(self._save_note(index, exc) if saving else f"{label}: no room for the download") from None
+
+    @property
+    def output_dir(self) -> Path:
+        """The folder for saved images: under OAuth, a subfolder of the signed-in person's own."""
+        person = acting_person()
+        return self._output_root if person is None else self._output_root / person.folder
+
+    @output_dir.setter
+    def output_dir(self, folder: Path) -> None:
+        self._output_root = folder
 
     def _open_partial(self) -> tuple[Path, IO[bytes]]:
         """A new file beside the targets, renamed over one when whole: a reader never sees half an image."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
@@ -12,6 +13,7 @@ from pydantic import SecretStr
 
 from .._config import Settings
 from .._errors import QolabaError, ResponseFormatError
+from .._identity import Person, act_as
 from ..generations._pacing import ProgressFn
 from ..generations._rows import Recorded
 from ..money._spend import SpendRefusedError
@@ -67,7 +69,11 @@ async def run_call(
 
 
 def client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | None:
-    """The caller's own Qolaba key from X-Qolaba-Api-Key, where the operator allows it; used for this call only."""
+    """The caller's own Qolaba key from X-Qolaba-Api-Key, where the operator allows it; used for this call only.
+
+    Also who the caller is for the rest of the call: under OAuth, the person the verified token names (their
+    principal scopes the ledger, spend and saved files), else nobody in particular (the key's hash is used)."""
+    act_as(signed_in(ctx))
     value = (ctx.headers or {}).get(CLIENT_KEY_HEADER, "").strip()
     if not value:
         return None
@@ -82,6 +88,16 @@ def client_key(ctx: Context[AppContext], settings: Settings) -> SecretStr | None
             "send the key exactly as the Qolaba dashboard shows it."
         )
     return SecretStr(value)
+
+
+def signed_in(ctx: Context[AppContext]) -> Person | None:
+    """The person the HTTP transport's OAuth gate verified for this request (``_oauth``), if any."""
+    scope = getattr(ctx.request_context.request, "scope", None) or {}
+    user = scope.get("user")
+    if not isinstance(user, AuthenticatedUser) or not user.access_token.subject:
+        return None
+    issuer = (user.access_token.claims or {}).get("iss")
+    return Person(issuer=str(issuer), subject=user.access_token.subject) if issuer else None
 
 
 def progress_sender(ctx: Context[AppContext]) -> ProgressFn:
