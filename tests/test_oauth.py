@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 import jwt
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -267,7 +268,10 @@ async def test_two_people_two_histories(setup: tuple[Issuer, HttpServer], files:
         assert peek.is_error
         spend = await client.call_tool("get_spend", {})
         assert spend.structured_content["last_24h"]["total_usd"] == 0
-    saved = list((files / "images").glob("alice-*/*.png"))
+    # On a loaded machine the save may outlast the call (it then finishes in the background): wait for the file.
+    with anyio.fail_after(30):
+        while not (saved := list((files / "images").glob("alice-*/*.png"))):
+            await anyio.sleep(0.05)
     assert saved and not list((files / "images").glob("*.png"))  # in alice's own folder, nowhere else
     report = subprocess.run(
         [sys.executable, "-m", "qolaba_mcp", "spend", "--json"],
