@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import jwt
-import anyio
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
