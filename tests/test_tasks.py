@@ -1,0 +1,191 @@
+"""MCP Tasks on the wire, in both eras: 2026-07-28 (the tasks extension) over real HTTP, 2025-11-25 over real stdio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from qolaba_mcp.sandbox import SandboxServer
+
+from .conftest import HttpServer, server_env
+
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+MODERN = "2026-07-28"
+TASKS = "io.modelcontextprotocol/tasks"
+PROMPT = {"model": "vertex/imagen-4-fast", "prompt": "a lighthouse at dusk"}
+WIRE: list[str] = []  # the exchanges, printed with -s for the docs
+
+
+def _meta(*, tasks: bool) -> dict[str, Any]:
+    caps: dict[str, Any] = {"extensions": {TASKS: {}}} if tasks else {}
+    return {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": caps,
+    }
+
+
+class Modern:
+    """Raw 2026-07-28 JSON-RPC over HTTP POSTs."""
+
+    def __init__(self, server: HttpServer, **headers: str) -> None:
+        self.server, self.headers, self.next_id = server, headers, 0
+
+    def request(self, method: str, params: dict[str, Any], *, tasks: bool = True) -> dict[str, Any]:
+        self.next_id += 1
+        body = {
+            "jsonrpc": "2.0",
+            "id": self.next_id,
+            "method": method,
+            "params": {**params, "_meta": _meta(tasks=tasks)},
+        }
+        name = params.get("name") or params.get("taskId") or ""
+        headers = {**HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": method, "Mcp-Name": str(name)}
+        response = httpx2.post(self.server.url, json=body, headers={**headers, **self.headers}, timeout=30)
+        text = response.text
+        if text.startswith("event:") or "\ndata:" in text or text.startswith("data:"):
+            text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+        answer = json.loads(text)
+        WIRE.append(f"--> {json.dumps(body)}\n<-- {json.dumps(answer)}")
+        return answer
+
+
+@pytest.fixture
+def server(sandbox: SandboxServer, tmp_path: Any) -> Iterator[HttpServer]:
+    http = HttpServer(server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/ledger.db"))
+    yield http
+    http.stop()
+
+
+def _poll(client: Modern, task_id: str, *, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.request("tasks/get", {"taskId": task_id})["result"]
+        if answer["status"] != "working" or time.monotonic() > deadline:
+            return answer
+        time.sleep(answer["pollIntervalMs"] / 1000)
+
+
+def test_modern_task_life(server: HttpServer, sandbox: SandboxServer) -> None:
+    sandbox.sandbox.state.config.latency = 2.0
+    client = Modern(server)
+    created = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+    assert created["resultType"] == "task" and created["status"] == "working"
+    assert created["pollIntervalMs"] >= 1000 and "ttlMs" in created
+    working = client.request("tasks/get", {"taskId": created["taskId"]})["result"]
+    assert working["resultType"] == "complete" and working["status"] in ("working", "completed")
+    done = _poll(client, created["taskId"])
+    assert done["status"] == "completed"
+    assert done["result"]["structuredContent"]["status"] == "SUCCESS" and not done["result"].get("isError")
+    assert done["result"]["structuredContent"]["task_id"] == created["taskId"]
+
+
+def test_modern_without_opt_in_is_unchanged(server: HttpServer) -> None:
+    client = Modern(server)
+    answer = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT}, tasks=False)["result"]
+    assert answer.get("resultType") == "complete" and answer["structuredContent"]["status"] == "SUCCESS"
+
+
+def test_modern_bad_ids_cancel_and_update(server: HttpServer, sandbox: SandboxServer) -> None:
+    sandbox.sandbox.state.config.latency = 5.0
+    client = Modern(server)
+    for method in ("tasks/get", "tasks/cancel", "tasks/update"):
+        error = client.request(method, {"taskId": "no-such-task", "inputResponses": {}})["error"]
+        assert error["code"] == -32602 and "not found" in error["message"]
+    error = client.request("tasks/get", {})["error"]
+    assert error["code"] == -32602
+    created = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+    other = Modern(server, **{"X-Qolaba-Api-Key": "someone-else"})
+    assert other.request("tasks/get", {"taskId": created["taskId"]})["error"]["code"] in (-32602,)
+    update = client.request("tasks/update", {"taskId": created["taskId"], "inputResponses": {"never": {}}})
+    assert update["result"]["resultType"] == "complete"
+    assert client.request("tasks/cancel", {"taskId": created["taskId"]})["result"]["resultType"] == "complete"
+    cancelled = client.request("tasks/get", {"taskId": created["taskId"]})["result"]
+    assert cancelled["status"] == "cancelled" and "may still finish and be charged" in cancelled["statusMessage"]
+    submitted = sandbox.sandbox.state.submissions if hasattr(sandbox.sandbox.state, "submissions") else None
+    assert submitted is None or len(submitted) == 1
+
+
+class Legacy:
+    """Raw 2025-11-25 JSON-RPC over a real stdio subprocess."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.next_id = 0
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(body) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            answer = json.loads(self.proc.stdout.readline())
+            if answer.get("id") == self.next_id:
+                WIRE.append(f"--> {json.dumps(body)}\n<-- {json.dumps(answer)}")
+                return answer
+
+    def notify(self, method: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": method}) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def legacy(sandbox: SandboxServer, tmp_path: Any) -> Iterator[Legacy]:
+    client = Legacy(server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/ledger.db"))
+    init = client.request(
+        "initialize",
+        {"protocolVersion": "2025-11-25", "capabilities": {"tasks": {}}, "clientInfo": {"name": "t", "version": "1"}},
+    )["result"]
+    assert init["capabilities"]["tasks"] == {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+    client.notify("notifications/initialized")
+    yield client
+    client.close()
+
+
+def test_legacy_task_life(legacy: Legacy, sandbox: SandboxServer) -> None:
+    sandbox.sandbox.state.config.latency = 2.0
+    tools = {tool["name"]: tool for tool in legacy.request("tools/list", {})["result"]["tools"]}
+    assert tools["generate_image"]["execution"] == {"taskSupport": "optional"}
+    assert "execution" not in tools["list_models"]
+    call = {"name": "generate_image", "arguments": PROMPT, "task": {"ttl": 60000}}
+    task = legacy.request("tools/call", call)["result"]["task"]
+    assert task["status"] == "working" and task["pollInterval"] >= 1000
+    got = legacy.request("tasks/get", {"taskId": task["taskId"]})["result"]
+    assert got["taskId"] == task["taskId"] and "result" not in got
+    listed = legacy.request("tasks/list", {})["result"]["tasks"]
+    assert listed[0]["taskId"] == task["taskId"]
+    result = legacy.request("tasks/result", {"taskId": task["taskId"]})["result"]
+    assert result["structuredContent"]["status"] == "SUCCESS"
+    assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task["taskId"]}
+    assert legacy.request("tasks/get", {"taskId": task["taskId"]})["result"]["status"] == "completed"
+
+
+def test_legacy_bad_input(legacy: Legacy) -> None:
+    for bad in ({"ttl": "soon"}, {"ttl": -1}, "task", {"ttl": 1, "extra": 2}):
+        error = legacy.request("tools/call", {"name": "generate_image", "arguments": PROMPT, "task": bad})["error"]
+        assert error["code"] == -32602
+    assert legacy.request("tasks/get", {"taskId": "nope"})["error"]["code"] == -32602
+    assert legacy.request("tasks/result", {"taskId": "nope"})["error"]["code"] == -32602
+    assert legacy.request("tasks/list", {})["result"]["tasks"] == []  # nothing was submitted
+
+
+def test_print_wire() -> None:
+    """Run last with -s to see one task's exchange in each era."""
+    for line in WIRE:
+        print(line)
