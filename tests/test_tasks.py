@@ -6,11 +6,17 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Literal
 
+import anyio
 import httpx2
 import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.context import ClientRequestContext
+from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
+from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult, Request, RequestParams, Result
+from pydantic import ConfigDict
 
 from qolaba_mcp.sandbox import SandboxServer
 
@@ -102,8 +108,6 @@ def test_modern_bad_ids_cancel_and_update(server: HttpServer, sandbox: SandboxSe
     error = client.request("tasks/get", {})["error"]
     assert error["code"] == -32602
     created = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
-    other = Modern(server, **{"X-Qolaba-Api-Key": "someone-else"})
-    assert other.request("tasks/get", {"taskId": created["taskId"]})["error"]["code"] in (-32602,)
     update = client.request("tasks/update", {"taskId": created["taskId"], "inputResponses": {"never": {}}})
     assert update["result"]["resultType"] == "complete"
     assert client.request("tasks/cancel", {"taskId": created["taskId"]})["result"]["resultType"] == "complete"
@@ -111,6 +115,68 @@ def test_modern_bad_ids_cancel_and_update(server: HttpServer, sandbox: SandboxSe
     assert cancelled["status"] == "cancelled" and "may still finish and be charged" in cancelled["statusMessage"]
     submitted = sandbox.sandbox.state.submissions if hasattr(sandbox.sandbox.state, "submissions") else None
     assert submitted is None or len(submitted) == 1
+
+
+def test_another_callers_task_is_not_found(sandbox: SandboxServer, tmp_path: Any) -> None:
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/ledger.db")
+    http = HttpServer(env, "--allow-client-keys")
+    try:
+        mine, theirs = Modern(http, **{"X-Qolaba-Api-Key": "key-one"}), Modern(http, **{"X-Qolaba-Api-Key": "key-two"})
+        sandbox.sandbox.state.config.latency = 3.0
+        created = mine.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+        for method in ("tasks/get", "tasks/cancel", "tasks/update"):
+            error = theirs.request(method, {"taskId": created["taskId"], "inputResponses": {}})["error"]
+            assert error["code"] == -32602 and "Task not found" in error["message"]
+        assert mine.request("tasks/get", {"taskId": created["taskId"]})["result"]["taskId"] == created["taskId"]
+    finally:
+        http.stop()
+
+
+def test_identical_opted_in_calls_join_one_task(sandbox: SandboxServer, tmp_path: Any) -> None:
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/l.db", QOLABA_JOIN_WINDOW_SECONDS="600")
+    http = HttpServer(env)
+    try:
+        sandbox.sandbox.state.config.latency = 3.0
+        client = Modern(http)
+        first = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+        second = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+        assert first["resultType"] == second["resultType"] == "task" and first["taskId"] == second["taskId"]
+        assert _poll(client, first["taskId"])["status"] == "completed"
+    finally:
+        http.stop()
+
+
+def test_a_task_survives_kill_9(sandbox: SandboxServer, tmp_path: Any) -> None:
+    """SQLite: the process dies mid-task; the next one resumes following it on the next tasks/get."""
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/ledger.db")
+    sandbox.sandbox.state.config.latency = 2.0
+    first = HttpServer(env)
+    created = Modern(first).request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+    first.proc.kill()  # SIGKILL: no lifespan, no goodbye
+    first.stop()
+    second = HttpServer(env)
+    try:
+        done = _poll(Modern(second), created["taskId"])
+        assert done["status"] == "completed" and done["result"]["structuredContent"]["status"] == "SUCCESS"
+    finally:
+        second.stop()
+
+
+def test_any_replica_answers_a_task(sandbox: SandboxServer, postgres_url: str) -> None:
+    """PostgreSQL shared by two stateless replicas: created on one, polled to the end on the other."""
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=postgres_url)
+    sandbox.sandbox.state.config.latency = 2.0
+    one, two = HttpServer(env), HttpServer(env)
+    try:
+        created = Modern(one).request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+        assert Modern(two).request("tasks/get", {"taskId": created["taskId"]})["result"]["taskId"] == created["taskId"]
+        done = _poll(Modern(two), created["taskId"])
+        assert done["status"] == "completed" and done["result"]["structuredContent"]["status"] == "SUCCESS"
+        again = Modern(one).request("tasks/get", {"taskId": created["taskId"]})["result"]
+        assert again["status"] == "completed" and again["result"] == done["result"]
+    finally:
+        one.stop()
+        two.stop()
 
 
 class Legacy:
@@ -189,3 +255,101 @@ def test_print_wire() -> None:
     """Run last with -s to see one task's exchange in each era."""
     for line in WIRE:
         print(line)
+
+
+# -- the SDK's own client, with a tasks extension of its own: semantics, spend confirmation ------------------------
+
+
+class CreatedTask(Result):
+    model_config = ConfigDict(extra="allow")
+    result_type: Literal["task"] = "task"
+    task_id: str
+    status: str
+    poll_interval_ms: int | None = None
+
+
+class TaskState(Result):
+    model_config = ConfigDict(extra="allow")
+    task_id: str
+    status: str
+    status_message: str | None = None
+    poll_interval_ms: int | None = None
+    result: dict[str, Any] | None = None
+
+
+class TaskIdParams(RequestParams):
+    task_id: str
+
+
+class GetTask(Request[TaskIdParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    name_param: ClassVar[str | None] = "taskId"
+
+
+class PollingTasks(ClientExtension):
+    """Takes a task, polls tasks/get at the suggested pace to the end, and keeps what it saw."""
+
+    identifier = TASKS
+
+    def __init__(self) -> None:
+        self.created: list[CreatedTask] = []
+        self.states: list[TaskState] = []
+
+    def claims(self) -> Sequence[ResultClaim[Any]]:
+        return (ResultClaim(result_type="task", model=CreatedTask, resolve=self.resolve),)
+
+    async def resolve(self, created: CreatedTask, ctx: ClaimContext) -> CallToolResult:
+        self.created.append(created)
+        while True:
+            state = await ctx.session.send_request(GetTask(params=TaskIdParams(task_id=created.task_id)), TaskState)
+            self.states.append(state)
+            if state.status != "working":
+                assert state.result is not None
+                return CallToolResult.model_validate(state.result)
+            await anyio.sleep((state.poll_interval_ms or 1000) / 1000)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("action", ["accept", "decline"])
+async def test_confirmation_is_resolved_before_the_task(sandbox: SandboxServer, tmp_path: Any, action: str) -> None:
+    """Above the threshold the user is asked first (input_required); a decline submits nothing and makes no task."""
+    tasks = PollingTasks()
+    questions: list[ElicitRequestParams] = []
+
+    async def asker(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        questions.append(params)
+        return (
+            ElicitResult(action="accept", content={"approve": True})
+            if action == "accept"
+            else ElicitResult(action="decline")
+        )
+
+    env = server_env(
+        sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/l.db", QOLABA_CONFIRM_ABOVE_USD="0.000001"
+    )
+    target = StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)
+    async with Client(target, extensions=[tasks], elicitation_callback=asker) as client:
+        assert client.protocol_version == MODERN
+        result = await client.call_tool("generate_image", PROMPT)
+    assert len(questions) == 1
+    submissions = int(sandbox.sandbox.state.stats()["submit_requests"])
+    if action == "accept":
+        assert len(tasks.created) == 1 and tasks.states[-1].status == "completed"
+        assert result.structured_content is not None and result.structured_content["status"] == "SUCCESS"
+        assert submissions == 1
+        working = [state for state in tasks.states if state.status == "working"]
+        assert all(state.status_message and "elapsed" in state.status_message for state in working)
+    else:
+        assert result.is_error and tasks.created == [] and submissions == 0
+
+
+@pytest.mark.anyio
+async def test_a_client_without_the_extension_sees_todays_result(sandbox: SandboxServer, tmp_path: Any) -> None:
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/l.db")
+    async with Client(StdioServerParameters(command=sys.executable, args=["-m", "qolaba_mcp"], env=env)) as client:
+        result = await client.call_tool("generate_image", PROMPT)
+        tools = await client.list_tools()
+        extensions = client.server_capabilities.extensions or {}
+    assert result.structured_content is not None and result.structured_content["status"] == "SUCCESS"
+    assert all(tool.execution is None for tool in tools.tools)
+    assert extensions[TASKS] == {}
