@@ -368,7 +368,7 @@ def _progress(
         text = message
         if total:
             fraction = done / total
-    percent = f", {fraction:.0%}" if fraction is not None else ""
+    percent = f", {fraction:.0%}" if fraction is not None and "%" not in text else ""
     poll = MIN_POLL_S
     if fraction is not None and 0 < fraction < 1 and elapsed > 0:
         poll = min(MAX_POLL_S, max(MIN_POLL_S, elapsed * (1 - fraction) / fraction + 0.05))
