@@ -113,8 +113,20 @@ def test_modern_bad_ids_cancel_and_update(server: HttpServer, sandbox: SandboxSe
     assert client.request("tasks/cancel", {"taskId": created["taskId"]})["result"]["resultType"] == "complete"
     cancelled = client.request("tasks/get", {"taskId": created["taskId"]})["result"]
     assert cancelled["status"] == "cancelled" and "may still finish and be charged" in cancelled["statusMessage"]
-    submitted = sandbox.sandbox.state.submissions if hasattr(sandbox.sandbox.state, "submissions") else None
-    assert submitted is None or len(submitted) == 1
+    assert sandbox.sandbox.state.stats()["submit_requests"] == 1  # bad input never submitted anything
+
+
+def test_polling_faster_than_asked_is_answered_without_asking_the_api(
+    server: HttpServer, sandbox: SandboxServer
+) -> None:
+    sandbox.sandbox.state.config.latency = 30.0
+    client = Modern(server)
+    created = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
+    first = client.request("tasks/get", {"taskId": created["taskId"]})["result"]
+    polls = sandbox.sandbox.state.stats()["polls"]
+    again = [client.request("tasks/get", {"taskId": created["taskId"]})["result"] for _ in range(5)]
+    assert all(state == first for state in again) and first["pollIntervalMs"] >= 1000
+    assert sandbox.sandbox.state.stats()["polls"] == polls and sandbox.sandbox.state.stats()["submit_requests"] == 1
 
 
 def test_another_callers_task_is_not_found(sandbox: SandboxServer, tmp_path: Any) -> None:
