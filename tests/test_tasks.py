@@ -199,6 +199,7 @@ class Legacy:
             [sys.executable, "-m", "qolaba_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self.next_id = 0
+        self.notifications: list[dict[str, Any]] = []
 
     def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         self.next_id += 1
@@ -208,6 +209,8 @@ class Legacy:
         self.proc.stdin.flush()
         while True:
             answer = json.loads(self.proc.stdout.readline())
+            if "id" not in answer:
+                self.notifications.append(answer)
             if answer.get("id") == self.next_id:
                 WIRE.append(f"--> {json.dumps(body)}\n<-- {json.dumps(answer)}")
                 return answer
@@ -248,7 +251,14 @@ def test_legacy_task_life(legacy: Legacy, sandbox: SandboxServer) -> None:
     assert got["taskId"] == task["taskId"] and "result" not in got
     listed = legacy.request("tasks/list", {})["result"]["tasks"]
     assert listed[0]["taskId"] == task["taskId"]
-    result = legacy.request("tasks/result", {"taskId": task["taskId"]})["result"]
+    legacy.notifications.clear()
+    result = legacy.request("tasks/result", {"taskId": task["taskId"], "_meta": {"progressToken": "p1"}})["result"]
+    related = {"io.modelcontextprotocol/related-task": {"taskId": task["taskId"]}}
+    progress = [n["params"] for n in legacy.notifications if n["method"] == "notifications/progress"]
+    print("NOTES", legacy.notifications)
+    assert progress and all(p["progressToken"] == "p1" and p["_meta"] == related for p in progress)
+    status = [n["params"] for n in legacy.notifications if n["method"] == "notifications/tasks/status"]
+    assert status and status[-1]["status"] == "completed" and status[-1]["taskId"] == task["taskId"]
     assert result["structuredContent"]["status"] == "SUCCESS"
     assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task["taskId"]}
     assert legacy.request("tasks/get", {"taskId": task["taskId"]})["result"]["status"] == "completed"

@@ -13,6 +13,7 @@ answers it (a cancel is the exception: Qolaba cannot cancel, so it only stops th
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -27,14 +28,17 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolRequestParams, CallToolResult, RequestParams, ToolExecution
 from mcp.types import Tool as ListedTool
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from .._errors import QolabaError, TaskNotFoundError
 from ..api._wire import is_safe_task_id
+from ..generations._pacing import ProgressFn
 from ..generations._rows import Recorded
 from ..ledger import LedgerError, LedgerRow, Query
 from ._calls import app_of, client_key
 from ._context import AppContext
+
+log = logging.getLogger("qolaba_mcp.server")
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -227,6 +231,7 @@ class TasksExtension(Extension):
         """2025-11-25: wait until the task ends, then the tool's own result."""
         context = self._context(ctx)
         app = app_of(context)
+        progress = _related_progress(ctx, params.task_id)
         while True:
             view = await self._view(ctx, params.task_id)
             if view.status != "working":
@@ -234,9 +239,13 @@ class TasksExtension(Extension):
             # The wait is the domain's: it polls at the task's pace; the next view says what is known.
             with contextlib.suppress(QolabaError):
                 await app.generations.get(
-                    params.task_id, wait_seconds=app.settings.max_wait_seconds, api_key=_key(context)
+                    params.task_id,
+                    wait_seconds=app.settings.max_wait_seconds,
+                    on_progress=progress,
+                    api_key=_key(context),
                 )
             self._seen.clear()
+        await _notify(ctx, "notifications/tasks/status", view.fields(LEGACY))
         result = view.result or await self._tool_result(ctx, params.task_id)
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": params.task_id}
@@ -319,6 +328,36 @@ async def _as_task(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> 
     finally:
         _slot.reset(token)
     return result, slot.generation
+
+
+class _Notification(BaseModel):
+    method: str
+    params: dict[str, Any]
+
+
+async def _notify(ctx: ServerRequestContext[Any, Any], method: str, params: dict[str, Any]) -> None:
+    """A notification on the request's own stream, where the session can carry one (never fails the request)."""
+    try:
+        await ctx.session.send_notification(_Notification(method=method, params=params), ctx.request_id)  # type: ignore[arg-type]
+    except Exception:
+        log.debug("the %s notification could not be sent", method, exc_info=True)
+
+
+def _related_progress(ctx: ServerRequestContext[Any, Any], task_id: str) -> ProgressFn:
+    """Progress for a tasks/result wait: on the caller's progress token, marked as the task's (2025-11-25)."""
+    token = (ctx.meta or {}).get("progress_token")  # the SDK lifts _meta.progressToken to this key
+    last = -1.0
+
+    async def send(done: float, total: float | None, message: str) -> None:
+        nonlocal last
+        if token is None or done <= last:  # each wait starts its count again: only ever forwards
+            return
+        last = done
+        params: dict[str, Any] = {"progressToken": token, "progress": done, "total": total, "message": message}
+        params["_meta"] = {RELATED_TASK: {"taskId": task_id}}
+        await _notify(ctx, "notifications/progress", {k: v for k, v in params.items() if v is not None})
+
+    return send
 
 
 def _opted_in(params: Mapping[str, Any] | None) -> bool:
