@@ -241,7 +241,9 @@ def legacy(sandbox: SandboxServer, tmp_path: Any) -> Iterator[Legacy]:
 
 def test_legacy_task_life(legacy: Legacy, sandbox: SandboxServer) -> None:
     sandbox.sandbox.state.config.latency = 2.0
-    tools = {tool["name"]: tool for tool in legacy.request("tools/list", {})["result"]["tools"]}
+    listed = legacy.request("tools/list", {})["result"]["tools"]
+    assert len(json.dumps(listed, separators=(",", ":")).encode()) <= 8 * 1024  # execution fits in the budget
+    tools = {tool["name"]: tool for tool in listed}
     assert tools["generate_image"]["execution"] == {"taskSupport": "optional"}
     assert "execution" not in tools["list_models"]
     call = {"name": "generate_image", "arguments": PROMPT, "task": {"ttl": 60000}}
