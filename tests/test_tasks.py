@@ -107,6 +107,9 @@ def test_modern_bad_ids_cancel_and_update(server: HttpServer, sandbox: SandboxSe
         assert error["code"] == -32602 and "not found" in error["message"]
     error = client.request("tasks/get", {})["error"]
     assert error["code"] == -32602
+    for method in ("tasks/get", "tasks/cancel", "tasks/update"):  # a request that did not declare the extension
+        error = client.request(method, {"taskId": "no-such-task", "inputResponses": {}}, tasks=False)["error"]
+        assert error["code"] == -32021 and error["data"]["requiredCapabilities"]["extensions"] == {TASKS: {}}
     created = client.request("tools/call", {"name": "generate_image", "arguments": PROMPT})["result"]
     update = client.request("tasks/update", {"taskId": created["taskId"], "inputResponses": {"never": {}}})
     assert update["result"]["resultType"] == "complete"

@@ -45,6 +45,7 @@ CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 LEGACY = "2025-11-25"  # the one handshake-era version with tasks
 MODERN = "2026-07-28"
+MISSING_CAPABILITY = -32021  # the spec's Missing Required Client Capability
 TASK_TOOLS = frozenset({"generate_image", "get_task"})
 MIN_POLL_S = 1.0  # at most one poll a second: the API is asked at most that often per task
 MAX_POLL_S = 5.0
@@ -201,7 +202,7 @@ class TasksExtension(Extension):
     # --- the methods -------------------------------------------------------------------------------------------
 
     async def _get(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
-        era = _era(ctx)
+        era = _declared(ctx)
         view = await self._view(ctx, params.task_id)
         out = view.fields(era)
         if era == MODERN and view.result is not None:
@@ -209,6 +210,7 @@ class TasksExtension(Extension):
         return out
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
+        _declared(ctx)
         context = self._context(ctx)
         row = await _row(context, params.task_id)
         if row is None:
@@ -223,6 +225,7 @@ class TasksExtension(Extension):
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateParams) -> dict[str, Any]:
         # No task of ours ever asks for input, so every response is to a key never issued: ignored, as the spec says.
+        _declared(ctx)
         if await _row(self._context(ctx), params.task_id) is None:
             raise _not_found(params.task_id)
         return {}
@@ -373,6 +376,18 @@ def _valid_ttl(ttl: Any) -> bool:
 
 def _era(ctx: ServerRequestContext[Any, Any]) -> str:
     return MODERN if ctx.protocol_version >= MODERN else LEGACY
+
+
+def _declared(ctx: ServerRequestContext[Any, Any]) -> str:
+    """The request's era, once a 2026-07-28 request has declared the extension (the spec's -32021 otherwise)."""
+    era = _era(ctx)
+    if era == MODERN and not _opted_in(ctx.params):
+        raise MCPError(
+            code=MISSING_CAPABILITY,
+            message="Missing required client capability",
+            data={"requiredCapabilities": {"extensions": {EXTENSION: {}}}},
+        )
+    return era
 
 
 def _key(context: Context[AppContext]) -> SecretStr | None:
