@@ -81,9 +81,10 @@ class Plan:
     app_images: int = 4  # images per timed generation
     budget_rows: int = 200_000  # the caller's ledger rows in the last 24 hours, for the daily-budget scenario
     budget_calls: int = 60  # sync generations with the daily budget on, and as many with it off
+    task_calls: int = 40  # tasks created, and as many direct 202s, tasks/get and get_task calls
 
 
-SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger", "app", "budget")
+SCENARIOS = ("start", "trips", "sync", "lag", "crowd", "ledger", "app", "budget", "tasks")
 
 
 FULL = Plan(starts=12, round_trips=300, sync_calls=60, latencies=(2.0, 10.0, 30.0), lag_calls=5, concurrent=100)
@@ -98,6 +99,7 @@ QUICK = Plan(
     app_runs=3,
     budget_rows=20_000,
     budget_calls=20,
+    task_calls=10,
 )
 
 
@@ -629,6 +631,7 @@ class Results:
     search: tuple[float, float, float, float] | None = None  # SQLite: fill seconds, search p50/p95 ms, mean page
     app: AppFigures | None = None
     budget: dict[str, list[float]] | None = None  # sync generate_image seconds, "budget on" and "budget off"
+    tasks: dict[str, list[float]] | None = None  # MCP Tasks: seconds per call kind, and polls/s per task
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
 
@@ -721,6 +724,9 @@ def build_rows(res: Results) -> list[Row]:
                 ms(off), f"{extra:+.1f} ms", "<= +2 ms", verdict(extra <= 2))
         )  # fmt: skip
 
+    if res.tasks is not None:
+        rows += task_rows(res.tasks)
+
     if res.starts is not None:
         rss_q, rss_f = res.starts.rss_kb["qolaba-mcp"], res.starts.rss_kb["floor"]
         ratio = median(rss_q) / median(rss_f)
@@ -735,6 +741,21 @@ def build_rows(res: Results) -> list[Row]:
             )
         )
     return rows
+
+
+def task_rows(tasks: dict[str, list[float]]) -> list[Row]:
+    get, tool = median(tasks["tasks/get"]), median(tasks["get_task"])
+    create, direct = median(tasks["create"]), median(tasks["202"])
+    extra = (create - direct) * 1000
+    polls = max(tasks["polls/s"])
+    return [
+        Row("tasks/get round trip p50 (vs get_task, running task)", ms(get), ms(tool), f"{get / tool:.2f}x", "-",
+            "info"),
+        Row("CreateTaskResult p50 (vs the API's 202)", ms(create), ms(direct), f"{extra:+.1f} ms", "<= +10 ms",
+            verdict(extra <= 10)),
+        Row("tasks/get polls/s per task at pollIntervalMs (worst of 3)", f"{polls:.2f}", "-", "-", "<= 1.5",
+            verdict(polls <= 1.5)),
+    ]  # fmt: skip
 
 
 def app_rows(app: AppFigures) -> list[Row]:
@@ -1073,6 +1094,9 @@ async def run(plan: Plan, only: frozenset[str]) -> Results:
         print(f"8/8 sync generate_image with a daily budget over {plan.budget_rows:,} ledger rows ...", flush=True)
         with SandboxServer(SandboxConfig(latency=0)) as sandbox:
             res.budget = await budgeted_generations(plan, sandbox.base_url)
+    if "tasks" in only:
+        print(f"9/9 MCP Tasks: {plan.task_calls} tasks, tasks/get vs get_task, CreateTaskResult vs 202 ...", flush=True)
+        res.tasks = await task_figures(plan)
     res.seconds = time.perf_counter() - started
     res.load = (load_before, os.getloadavg()[0])
     return res
@@ -1115,6 +1139,22 @@ async def budgeted_generations(plan: Plan, base_url: str) -> dict[str, list[floa
         return await interleaved({"budget on": via(on), "budget off": via(off)}, plan.budget_calls, warmup=3)
 
 
+async def task_figures(plan: Plan) -> dict[str, list[float]]:
+    """MCP Tasks through bench/tasks.py, on a SQLite ledger of their own."""
+    spec = importlib.util.spec_from_file_location("bench_tasks", Path(__file__).with_name("tasks.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_tasks"] = module  # pydantic's generic models look their module up
+    spec.loader.exec_module(module)
+    with SandboxServer(SandboxConfig(latency=0)) as sandbox:
+        params = qolaba_params(sandbox.base_url, ledger=ledger_file("tasks"))
+        figures: dict[str, list[float]] = await module.measure(
+            params, base_url=sandbox.base_url, generate_path=GENERATE_PATH, model=MODEL, calls=plan.task_calls,
+            long_latency=10.0, configure=sandbox.configure,
+        )  # fmt: skip
+    return figures
+
+
 async def ledger_search(plan: Plan) -> tuple[float, float, float, float]:
     """The store's full-text history search over a filled SQLite ledger, as bench/ledger.py measures it."""
     spec = importlib.util.spec_from_file_location("bench_ledger", Path(__file__).with_name("ledger.py"))
@@ -1138,7 +1178,7 @@ def main() -> int:
         help="run only this scenario (repeatable): start (cold start and idle RSS), trips, sync, lag, crowd "
         "(concurrent calls and their memory, previews off and with the defaults), ledger, app (the gallery MCP App: "
         "its size, and its paint time in the system's headless Chromium), budget (sync generate_image with a daily "
-        "budget over a large ledger, against none)",
+        "budget over a large ledger, against none), tasks (MCP Tasks: tasks/get, CreateTaskResult, polling pace)",
     )
     parser.add_argument(
         "--out", type=Path, help="report file (default: BENCHMARKS.md for a full run, none with --only)"

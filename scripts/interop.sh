@@ -27,7 +27,7 @@ STATUS=$STATE/status
 JOBS=${INTEROP_JOBS:-3}
 CLIENT_TIMEOUT=${INTEROP_CLIENT_TIMEOUT:-240}
 read -r -a SERVER <<<"${INTEROP_SERVER:-$ROOT/.venv/bin/qolaba-mcp --sandbox}"
-PY_ENVS=(pydantic-ai pydantic-ai-1 langchain openai-agents fastmcp anthropic converters)
+PY_ENVS=(pydantic-ai pydantic-ai-1 langchain openai-agents fastmcp fastmcp-tasks anthropic converters)
 export QOLABA_SAVE=off
 
 # uv: its cache lives with the environments; it uses the system's CA store as pip does, never downloads a Python,
@@ -193,12 +193,14 @@ ROWS=(
     "ts-sdk|@modelcontextprotocol/sdk $TS_SDK_VERSION|ts-sdk|node $HERE/ts_client.mjs $STATE/ts-sdk"
     "ts-sdk-oauth|@modelcontextprotocol/sdk $TS_SDK_VERSION (OAuth)|ts-sdk-oauth|node $HERE/ts_oauth_client.mjs $STATE/ts-sdk"
     "ts-sdk-1.11|@modelcontextprotocol/sdk $TS_SDK_LEGACY_VERSION|ts-sdk-1.11|node $HERE/ts_client.mjs $STATE/ts-sdk-1.11"
+    "ts-sdk-tasks|@modelcontextprotocol/sdk $TS_SDK_VERSION (tasks, 2025-11-25)|ts-sdk|node $HERE/ts_tasks_client.mjs $STATE/ts-sdk"
     "pydantic-ai|pydantic-ai-slim $(pin pydantic-ai pydantic-ai-slim)|pydantic-ai|$STATE/pydantic-ai/bin/python $HERE/pydantic_ai_client.py"
     "pydantic-ai-1|pydantic-ai-slim $(pin pydantic-ai-1 pydantic-ai-slim)|pydantic-ai-1|$STATE/pydantic-ai-1/bin/python $HERE/pydantic_ai_client.py"
     "langchain|langchain-mcp-adapters $(pin langchain langchain-mcp-adapters)|langchain|$STATE/langchain/bin/python $HERE/langchain_client.py"
     "openai-agents|openai-agents $(pin openai-agents openai-agents)|openai-agents|$STATE/openai-agents/bin/python $HERE/openai_agents_client.py"
     "strict-fill|openai-agents $(pin openai-agents openai-agents), jsonschema $(pin openai-agents jsonschema)|openai-agents|$STATE/openai-agents/bin/python $HERE/strict_fill_client.py"
     "fastmcp|fastmcp $(pin fastmcp fastmcp)|fastmcp|$STATE/fastmcp/bin/python $HERE/fastmcp_client.py"
+    "fastmcp-tasks|fastmcp-tasks $(pin fastmcp-tasks fastmcp-tasks) (tasks, 2026-07-28)|fastmcp-tasks|$STATE/fastmcp-tasks/bin/python $HERE/fastmcp_tasks_client.py"
     "anthropic-mcp-helper|anthropic $(pin anthropic anthropic)|anthropic|$STATE/anthropic/bin/python $HERE/anthropic_mcp_client.py"
     "google-genai|google-genai $(pin converters google-genai)|converters|$STATE/converters/bin/python $HERE/schema_converters.py google-genai"
     "json-schema|jsonschema $(pin converters jsonschema) (2020-12)|converters|$STATE/converters/bin/python $HERE/schema_converters.py json-schema"

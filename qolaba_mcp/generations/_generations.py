@@ -93,6 +93,12 @@ class Generations:
         bare = await self._runner.get_task(task_id, wait_seconds=wait_seconds, on_progress=on_progress, api_key=api_key)
         return Recorded(**bare.model_dump())
 
+    async def task_row(self, task_id: str, *, api_key: SecretStr | None) -> LedgerRow | None:
+        """The caller's ledger row for an API task id (None: not the caller's, unknown, or the ledger is off)."""
+        if self._recorded is None:
+            return None
+        return await self._recorded.ledger.by_task(task_id, principal=self._recorded.principal(api_key))
+
     async def finish(
         self, generation: Recorded, *, save: bool | None, wait_seconds: float, started: float | None = None
     ) -> tuple[Recorded, Delivered | None]:

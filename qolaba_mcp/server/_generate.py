@@ -23,6 +23,7 @@ from ._calls import app_of, client_key, finished_result, run_call
 from ._context import AppContext
 from ._params import RESULT_KEYS, MaxCost, Mode, Save, given, keyword, make_tool, set_signature, wait_limited
 from ._results import GenerationResult
+from ._task_ext import note_task, task_slot
 
 
 def generate_image_tool(settings: Settings) -> Tool:
@@ -36,6 +37,9 @@ def generate_image_tool(settings: Settings) -> Tool:
         max_cost = arguments.pop("max_cost_usd", None)  # assessed with the spend
         mode = given(arguments.pop("mode", None), "async")
         wait_seconds = float(given(arguments.pop("wait_seconds", None), wait_default))
+        slot = task_slot()
+        if slot is not None:  # a task: answered once submitted and recorded, followed by tasks/get
+            wait_seconds = 0.0
         save = arguments.pop("save", None)
         request, inputs = await _resolve_inputs(ctx, GenerateRequest(**arguments, celery=mode == "async"))
         priced = _spend_verdict(app, request, spend, approval, max_cost)
@@ -48,6 +52,7 @@ def generate_image_tool(settings: Settings) -> Tool:
             model=request.model,
             data_uris=has_data_uri(request),
         )
+        note_task(slot, generation)
         return await finished_result(ctx, generation, save=save, wait_seconds=wait_seconds, started=started)
 
     request_fields = {k: v for k, v in GenerateRequest.model_fields.items() if k != "celery"}

@@ -31,6 +31,7 @@ from ._resources import add_resources, read_image_link
 from ._results import (
     argument_errors,
 )
+from ._task_ext import LEGACY, TasksExtension, with_task_support
 from ._tasks import gallery_image_tool, get_task_tool
 
 log = logging.getLogger("qolaba_mcp.server")
@@ -61,6 +62,8 @@ class QolabaServer(MCPServer):
     ) -> ListToolsResult:
         # The SDK's handler lists one set of tools for everyone: the request's context says what this client has.
         tools = await (self.list_app_tools() if client_supports_apps(ctx) else self.list_tools())
+        if ctx.protocol_version == LEGACY:  # 2025-11-25 lists which tools run as tasks; later eras do not
+            tools = [with_task_support(tool) for tool in tools]
         return ListToolsResult(tools=tools)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
@@ -98,6 +101,7 @@ def build_server(
     ``closed`` is set once the lifespan has ended: every ledger record written (or given up on), every client shut.
     """
 
+    tasks = TasksExtension()
     server = QolabaServer(
         "qolaba-mcp",
         version=__version__,
@@ -112,8 +116,9 @@ def build_server(
             get_spend_tool(),
             app_only(gallery_image_tool()),
         ],
-        extensions=[gallery_extension()],
+        extensions=[gallery_extension(), tasks],
     )
+    tasks.bind(server)
     add_resources(server)
     if ops is not None:
         ops.known_tools = frozenset(tool.name for tool in server._tool_manager.list_tools())

@@ -21,6 +21,7 @@ from ._context import AppContext
 from ._gallery import preview
 from ._params import RESULT_KEYS, ImageIndex, Save, TaskId, WaitSeconds, given, limit_wait, make_tool, wait_limited
 from ._results import GenerationResult, explain
+from ._task_ext import note_task, task_slot
 
 
 def get_task_tool(settings: Settings) -> Tool:
@@ -32,11 +33,15 @@ def get_task_tool(settings: Settings) -> Tool:
         started = time.monotonic()
         app = app_of(ctx)
         wait_for = float(given(wait_seconds, wait_default))
+        slot = task_slot() if wait_for > 0 else None  # asked to wait, by a caller who takes a task instead
+        if slot is not None:
+            wait_for = 0.0
         generation = await run_call(
             ctx,
             lambda report, key: app.generations.get(task_id, wait_seconds=wait_for, on_progress=report, api_key=key),
             task_id=task_id,
         )
+        note_task(slot, generation)
         return await finished_result(ctx, generation, save=save, wait_seconds=wait_for, started=started)
 
     limit_wait(get_task, settings, 0)
