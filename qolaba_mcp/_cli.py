@@ -289,7 +289,7 @@ def _serve(args: argparse.Namespace) -> int:
     ops, stop_tracing = _start_ops(settings, args)
     try:
         if args.transport == "http":
-            server = build_server(settings, transport="http", stopping=stopping, ops=ops)
+            server = build_server(settings, transport="http", stopping=stopping, ops=ops, stateless=args.stateless)
             from ._http import InsecureBindError, serve_http
 
             try:

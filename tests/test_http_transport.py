@@ -150,6 +150,29 @@ async def test_stateless_replicas_share_nothing_but_the_api(sandbox: SandboxServ
     assert sandbox.stats()["submissions"] == 1
 
 
+@pytest.mark.anyio
+async def test_a_stateless_replica_sends_mode_sync_as_async_so_any_replica_can_finish_it(
+    sandbox: SandboxServer,
+) -> None:
+    """A synchronous request's answer reaches only the process holding it: a replica that dies with it loses a paid
+    result. Stateless replicas submit mode "sync" in async mode, so it has a task id another replica can follow."""
+    sandbox.configure(latency=1.0)
+    first = HttpServer(server_env(sandbox.base_url), "--stateless")
+    second = HttpServer(server_env(sandbox.base_url), "--stateless")
+    try:
+        async with Client(first.url) as client:
+            started = await client.call_tool("generate_image", {**CAT, "mode": "sync", "wait_seconds": 0})
+        task_id = started.structured_content["task_id"]  # type: ignore[index]
+        assert not task_id.startswith("sync-"), task_id
+        async with Client(second.url) as client:
+            finished = await client.call_tool("get_task", {"task_id": task_id, "wait_seconds": 10})
+    finally:
+        first.stop()
+        second.stop()
+    assert finished.structured_content["status"] == "SUCCESS"  # type: ignore[index]
+    assert sandbox.stats()["submissions"] == 1
+
+
 def _polls_after_close(sandbox: SandboxServer, close: Any) -> tuple[int, int | None]:
     """Poll counts when the client vanishes, and once they have settled (None: polling never stopped)."""
     deadline = time.monotonic() + 10

@@ -58,6 +58,9 @@ class AppContext:
     catalog: Catalog  # the built-in catalogue with the models file: what LiveCatalog falls back to
     prices: LiveCatalog  # the catalogue with the live model list merged in: prices and published limits
     local_inputs: bool = False  # local files as image inputs: stdio only (over HTTP the server's disk is not yours)
+    # Stateless replicas: mode "sync" is submitted in async mode, so every generation has a Qolaba task id that any
+    # replica can follow (a synchronous request's answer reaches only the process that holds it, and dies with it).
+    sync_as_async: bool = False
     input_roots: list[Path] = field(default_factory=list)
     catalog_warning: str | None = None
     links: IssuedLinks = field(default_factory=IssuedLinks)
@@ -77,6 +80,7 @@ def lifespan(
     stopping: anyio.Event | None,
     closed: threading.Event | None,
     ops: Ops | None = None,
+    stateless: bool = False,
 ) -> Callable[[Any], AbstractAsyncContextManager[AppContext]]:
     """The server's lifespan: the HTTP clients, the catalogue, the ledger and the runners, made and closed in order.
 
@@ -171,6 +175,7 @@ def lifespan(
                 catalog=catalog,
                 prices=LiveCatalog(fallback=catalog, fetch=client.list_models),
                 local_inputs=transport == "stdio",
+                sync_as_async=stateless,
                 input_roots=parse_roots(settings.input_roots, output_dir),
                 catalog_warning=warning,
             )

@@ -41,7 +41,9 @@ def generate_image_tool(settings: Settings) -> Tool:
         if slot is not None:  # a task: answered once submitted and recorded, followed by tasks/get
             wait_seconds = 0.0
         save = arguments.pop("save", None)
-        request, inputs = await _resolve_inputs(ctx, GenerateRequest(**arguments, celery=mode == "async"))
+        request, inputs = await _resolve_inputs(
+            ctx, GenerateRequest(**arguments, celery=mode == "async" or app.sync_as_async)
+        )
         priced = _spend_verdict(app, request, spend, approval, max_cost)
         app.ops.generation_started(request.model, estimate_usd=priced.estimate_usd, prompt=request.prompt)
         generation = await run_call(

@@ -95,6 +95,7 @@ def build_server(
     stopping: anyio.Event | None = None,
     closed: threading.Event | None = None,
     ops: Ops | None = None,
+    stateless: bool = False,
 ) -> MCPServer:
     """The MCP server with its tools; the HTTP clients and catalogue are made in its lifespan.
 
@@ -106,7 +107,9 @@ def build_server(
         "qolaba-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
-        lifespan=lifespan(settings, transport=transport, stopping=stopping, closed=closed, ops=ops),
+        lifespan=lifespan(
+            settings, transport=transport, stopping=stopping, closed=closed, ops=ops, stateless=stateless
+        ),
         log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),  # type: ignore[arg-type]
         tools=[
             shows_gallery(generate_image_tool(settings)),
