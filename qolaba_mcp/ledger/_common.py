@@ -1,4 +1,5 @@
-"""What both ledger backends share about history queries: search words, the prefix rule and paging cursors.
+"""What both ledger backends share: the row's columns, and about history queries, search words, the prefix rule
+and paging cursors.
 
 It imports only the standard library and the records, so each backend uses it without loading the other.
 """
@@ -11,6 +12,12 @@ import re
 
 from ._records import LedgerRow
 
+# A row's columns in the order both backends select and insert them (each backend's schema adds its own types).
+COLUMNS = (
+    "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
+    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
+    " lease_until"
+)
 MAX_SEARCH_WORDS = 16  # a longer search keeps its first words: enough to find anything, bounded cost
 MIN_PREFIX = 2  # a last word this long also matches as a prefix; "s*" would merge the lists of every word in s
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._common import COLUMNS
 from ._records import SPEND_MINUTE_S
 
 # What a row counts against a budget ({} is "", "OLD." or "NEW."), and the minute of a time, as spend_minutes keeps
@@ -97,11 +98,7 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 
-_COLUMNS = (
-    "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
-    " lease_until"
-)
+_COLUMNS = COLUMNS
 _FIELDS = tuple(_COLUMNS.split(", "))
 
 _SQL_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('qolaba-mcp ledger schema'))"

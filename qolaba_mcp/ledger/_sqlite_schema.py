@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._common import COLUMNS
 from ._records import SPEND_MINUTE_S
 
 # What a row counts against a budget ({} is "", "old." or "new."), and the minute of a time, as spend_minutes keeps
@@ -110,11 +111,7 @@ _MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
-_COLUMNS = (
-    "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
-    " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
-    " lease_until"
-)
+_COLUMNS = COLUMNS
 _G_COLUMNS = ", ".join(f"g.{column}" for column in _COLUMNS.split(", "))
 _JSON_COLUMNS = ("request", "inputs", "images", "usage", "saved_files")
 
