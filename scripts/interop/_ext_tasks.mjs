@@ -73,7 +73,9 @@ function rawDispatcher(transport) {
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener("abort", onAbort, { once: true });
       pending.set(id, { resolve: (value) => settle(resolve, value), reject: (error) => settle(reject, error) });
-      transport.send({ ...request, jsonrpc: "2.0", id }).catch((error) => settle(reject, error));
+      // Over HTTP the transport derives MCP-Protocol-Version, Mcp-Method and Mcp-Name (the task id) from the body.
+      const sendOptions = { headers: options.context?.headers, requestSignal: options.signal };
+      transport.send({ ...request, jsonrpc: "2.0", id }, sendOptions).catch((error) => settle(reject, error));
     });
 }
 
