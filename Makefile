@@ -31,8 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py --out BENCHMARKS.md
 
 # MCP clients and schema converters written elsewhere (MCP Inspector, TypeScript SDK current and 1.11, pydantic-ai
-# 2.x and 1.x, langchain-mcp-adapters, OpenAI Agents SDK, fastmcp, google-genai, JSON Schema 2020-12, and the MCP
-# Apps host of `make browser`) against qolaba-mcp, each pinned in its own environment under .interop/; one result
+# 2.x and 1.x, langchain-mcp-adapters, OpenAI Agents SDK, fastmcp, fastmcp-tasks, @modelcontextprotocol/ext-tasks
+# (tasks, and one recovered across kill -9), google-genai, JSON Schema 2020-12, and the MCP Apps host of
+# `make browser`) against qolaba-mcp, each pinned in its own environment under .interop/; one result
 # line per client, exit 1 on any FAIL. A registry that cannot be reached, or no Chromium for the Apps host: SKIPPED,
 # or FAIL under CI=true. See scripts/interop.sh.
 interop: $(STAMP)

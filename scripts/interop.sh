@@ -4,6 +4,8 @@
 # scripts/interop/. Each lists the tools, calls list_models and generate_image, and reads back every resource_link
 # it was given; see scripts/interop/*.{py,mjs,sh} for what each one checks. ts-sdk-oauth serves it over HTTP with
 # OAuth instead, and signs in from a bare 401 against a local authorization server (scripts/interop/ts_oauth_client.mjs).
+# The tasks lines create generate_image as a task and follow it to its result; ext-tasks-recover starts its own sandbox
+# and HTTP server, kills the server with SIGKILL mid-task and restarts it (scripts/interop/ext_tasks_recover.sh).
 #
 #   bash scripts/interop.sh        install what is missing or changed, run every client, print one line per client
 #   bash scripts/interop.sh lock   re-lock scripts/interop/requirements/*.txt from the pins in *.in
@@ -83,6 +85,15 @@ install_npm() { # env, package@version, file that must exist after
     if stamp_ok "$prefix" "$key" && [ -e "$prefix/$3" ]; then echo ok >"$STATUS/$env"; return; fi
     rm -rf "$prefix" && mkdir -p "$prefix"
     try_install "$env" npm npm_reachable "$LOGS/install-$env.log" npm_install "$prefix" "$spec" "$3" &&
+        echo "$key" >"$prefix/.interop-stamp"
+}
+
+install_npm_lock() { # env, folder holding package.json and package-lock.json (exact pins), file that must exist after
+    local env=$1 dir=$2 prefix=$STATE/$1 key
+    key="$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -c1-64) node $(node --version)"
+    if stamp_ok "$prefix" "$key" && [ -e "$prefix/$3" ]; then echo ok >"$STATUS/$env"; return; fi
+    rm -rf "$prefix" && mkdir -p "$prefix" && cp "$dir/package.json" "$dir/package-lock.json" "$prefix/"
+    try_install "$env" npm npm_reachable "$LOGS/install-$env.log" npm ci --no-audit --no-fund --loglevel=error --prefix "$prefix" &&
         echo "$key" >"$prefix/.interop-stamp"
 }
 
@@ -172,9 +183,10 @@ if [ $have_node = 1 ]; then
     { install_npm ts-sdk "@modelcontextprotocol/sdk@$TS_SDK_VERSION" node_modules/@modelcontextprotocol/sdk/package.json
       install_oauth; } &
     install_npm ts-sdk-1.11 "@modelcontextprotocol/sdk@$TS_SDK_LEGACY_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
+    install_npm_lock ext-tasks "$HERE/ext_tasks" node_modules/@modelcontextprotocol/ext-tasks/package.json &
     install_apps_host &
 else
-    for env in inspector ts-sdk ts-sdk-oauth ts-sdk-1.11 apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
+    for env in inspector ts-sdk ts-sdk-oauth ts-sdk-1.11 ext-tasks apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
 fi
 install_python_envs &
 wait
@@ -184,8 +196,9 @@ say "installs ready in $((installed - started)) s"
 # The version a requirements/<env>.in pins for a package, for the table.
 pin() { sed -nE "s/^$2(\[[^]]*\])?==([^ ;#]+).*/\2/p" "$HERE/requirements/$1.in" | head -1; }
 
-# The version scripts/apps_host/package.json pins for a package, for the table.
-npm_pin() { sed -nE "s|^ *\"$1\": \"([^\"]+)\".*|\1|p" scripts/apps_host/package.json | head -1; }
+# The version a folder's package.json pins for a package, for the table.
+npm_pin() { sed -nE "s|^ *\"$2\": \"([^\"]+)\".*|\1|p" "$1/package.json" | head -1; }
+EXT_TASKS="@modelcontextprotocol/ext-tasks $(npm_pin "$HERE/ext_tasks" @modelcontextprotocol/ext-tasks)"
 
 # One row per client: name | version shown | environment | command (from the repository root; the server follows).
 ROWS=(
@@ -194,6 +207,9 @@ ROWS=(
     "ts-sdk-oauth|@modelcontextprotocol/sdk $TS_SDK_VERSION (OAuth)|ts-sdk-oauth|node $HERE/ts_oauth_client.mjs $STATE/ts-sdk"
     "ts-sdk-1.11|@modelcontextprotocol/sdk $TS_SDK_LEGACY_VERSION|ts-sdk-1.11|node $HERE/ts_client.mjs $STATE/ts-sdk-1.11"
     "ts-sdk-tasks|@modelcontextprotocol/sdk $TS_SDK_VERSION (tasks, 2025-11-25)|ts-sdk|node $HERE/ts_tasks_client.mjs $STATE/ts-sdk"
+    "ext-tasks|$EXT_TASKS (tasks, 2026-07-28)|ext-tasks|node $HERE/ext_tasks_client.mjs $STATE/ext-tasks 2026-07-28"
+    "ext-tasks-2025|$EXT_TASKS (tasks, 2025-11-25)|ext-tasks|node $HERE/ext_tasks_client.mjs $STATE/ext-tasks 2025-11-25"
+    "ext-tasks-recover|$EXT_TASKS (kill -9, restart)|ext-tasks|bash $HERE/ext_tasks_recover.sh $STATE/ext-tasks"
     "pydantic-ai|pydantic-ai-slim $(pin pydantic-ai pydantic-ai-slim)|pydantic-ai|$STATE/pydantic-ai/bin/python $HERE/pydantic_ai_client.py"
     "pydantic-ai-1|pydantic-ai-slim $(pin pydantic-ai-1 pydantic-ai-slim)|pydantic-ai-1|$STATE/pydantic-ai-1/bin/python $HERE/pydantic_ai_client.py"
     "langchain|langchain-mcp-adapters $(pin langchain langchain-mcp-adapters)|langchain|$STATE/langchain/bin/python $HERE/langchain_client.py"
@@ -204,7 +220,7 @@ ROWS=(
     "anthropic-mcp-helper|anthropic $(pin anthropic anthropic)|anthropic|$STATE/anthropic/bin/python $HERE/anthropic_mcp_client.py"
     "google-genai|google-genai $(pin converters google-genai)|converters|$STATE/converters/bin/python $HERE/schema_converters.py google-genai"
     "json-schema|jsonschema $(pin converters jsonschema) (2020-12)|converters|$STATE/converters/bin/python $HERE/schema_converters.py json-schema"
-    "mcp-apps-host|@modelcontextprotocol/ext-apps $(npm_pin @modelcontextprotocol/ext-apps)|apps-host|bash $HERE/apps_host_client.sh $STATE/apps-host"
+    "mcp-apps-host|@modelcontextprotocol/ext-apps $(npm_pin scripts/apps_host @modelcontextprotocol/ext-apps)|apps-host|bash $HERE/apps_host_client.sh $STATE/apps-host"
 )
 
 # A result file per client: name TAB version TAB seconds TAB OK|FAIL|SKIPPED TAB detail.
