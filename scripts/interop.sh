@@ -6,6 +6,8 @@
 # OAuth instead, and signs in from a bare 401 against a local authorization server (scripts/interop/ts_oauth_client.mjs).
 # The tasks lines create generate_image as a task and follow it to its result; ext-tasks-recover starts its own sandbox
 # and HTTP server, kills the server with SIGKILL mid-task and restarts it (scripts/interop/ext_tasks_recover.sh).
+# claude-code drives Claude Code's interactive UI in a pseudo-terminal against a scripted stand-in for the Messages API
+# on loopback, and checks on the wire (scripts/interop/wire_relay.py) that it runs generate_image as a task.
 #
 #   bash scripts/interop.sh        install what is missing or changed, run every client, print one line per client
 #   bash scripts/interop.sh lock   re-lock scripts/interop/requirements/*.txt from the pins in *.in
@@ -184,9 +186,10 @@ if [ $have_node = 1 ]; then
       install_oauth; } &
     install_npm ts-sdk-1.11 "@modelcontextprotocol/sdk@$TS_SDK_LEGACY_VERSION" node_modules/@modelcontextprotocol/sdk/package.json &
     install_npm_lock ext-tasks "$HERE/ext_tasks" node_modules/@modelcontextprotocol/ext-tasks/package.json &
+    install_npm_lock hosts "$HERE/hosts" node_modules/@anthropic-ai/claude-code-linux-x64/claude &
     install_apps_host &
 else
-    for env in inspector ts-sdk ts-sdk-oauth ts-sdk-1.11 ext-tasks apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
+    for env in inspector ts-sdk ts-sdk-oauth ts-sdk-1.11 ext-tasks hosts apps-host; do echo "nonode node/npm not found on this machine" >"$STATUS/$env"; done
 fi
 install_python_envs &
 wait
@@ -199,6 +202,8 @@ pin() { sed -nE "s/^$2(\[[^]]*\])?==([^ ;#]+).*/\2/p" "$HERE/requirements/$1.in"
 # The version a folder's package.json pins for a package, for the table.
 npm_pin() { sed -nE "s|^ *\"$2\": \"([^\"]+)\".*|\1|p" "$1/package.json" | head -1; }
 EXT_TASKS="@modelcontextprotocol/ext-tasks $(npm_pin "$HERE/ext_tasks" @modelcontextprotocol/ext-tasks)"
+CLAUDE_CODE="Claude Code $(npm_pin "$HERE/hosts" @anthropic-ai/claude-code-linux-x64)"
+INSPECTOR2="@modelcontextprotocol/inspector $(npm_pin "$HERE/hosts" @modelcontextprotocol/inspector)"
 
 # One row per client: name | version shown | environment | command (from the repository root; the server follows).
 ROWS=(
@@ -210,6 +215,8 @@ ROWS=(
     "ext-tasks|$EXT_TASKS (tasks, 2026-07-28)|ext-tasks|node $HERE/ext_tasks_client.mjs $STATE/ext-tasks 2026-07-28"
     "ext-tasks-2025|$EXT_TASKS (tasks, 2025-11-25)|ext-tasks|node $HERE/ext_tasks_client.mjs $STATE/ext-tasks 2025-11-25"
     "ext-tasks-recover|$EXT_TASKS (kill -9, restart)|ext-tasks|bash $HERE/ext_tasks_recover.sh $STATE/ext-tasks"
+    "claude-code|$CLAUDE_CODE (tasks, 2026-07-28)|hosts|python3 $HERE/claude_code_client.py $STATE/hosts"
+    "mcp-inspector-2|$INSPECTOR2 (tasks, 2026-07-28)|hosts|python3 $HERE/inspector2_client.py $STATE/hosts"
     "pydantic-ai|pydantic-ai-slim $(pin pydantic-ai pydantic-ai-slim)|pydantic-ai|$STATE/pydantic-ai/bin/python $HERE/pydantic_ai_client.py"
     "pydantic-ai-1|pydantic-ai-slim $(pin pydantic-ai-1 pydantic-ai-slim)|pydantic-ai-1|$STATE/pydantic-ai-1/bin/python $HERE/pydantic_ai_client.py"
     "langchain|langchain-mcp-adapters $(pin langchain langchain-mcp-adapters)|langchain|$STATE/langchain/bin/python $HERE/langchain_client.py"

@@ -229,9 +229,13 @@ def finished(model: Model, wire: Wire) -> bool:
 def drive(argv: list[str], env: dict[str, str], cwd: Path, done: Any) -> str:
     """Claude Code's interactive UI in a pseudo-terminal: wait for its prompt, type one request, wait until done."""
     pid, fd = pty.fork()
-    if pid == 0:  # the child: Claude Code, in its own session
-        os.chdir(cwd)
-        os.execvpe(argv[0], argv, env)
+    if pid == 0:  # the child: Claude Code, in its own session (never back into this script's code)
+        try:
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"cannot start {argv[0]}: {exc}\n".encode())
+        os._exit(127)
     screen = b""
 
     def read_for(seconds: float, until: Any) -> bool:
@@ -339,7 +343,7 @@ def main() -> int:
     if len(sys.argv) < 3:
         print(__doc__.rsplit("Usage:", 1)[1])
         return 2
-    binary = Path(sys.argv[1]) / "node_modules/@anthropic-ai/claude-code-linux-x64/claude"
+    binary = Path(sys.argv[1]).resolve() / "node_modules/@anthropic-ai/claude-code-linux-x64/claude"
     server = sys.argv[2:]
     with tempfile.TemporaryDirectory(prefix="interop-claude-code-") as work:
         root = Path(work)

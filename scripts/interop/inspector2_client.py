@@ -38,7 +38,7 @@ def call(prefix: Path, server: list[str], wire_log: Path, era: str) -> dict[str,
 
 
 def main() -> int:
-    prefix, server = Path(sys.argv[1]), sys.argv[2:]
+    prefix, server = Path(sys.argv[1]).resolve(), sys.argv[2:]
     with tempfile.TemporaryDirectory(prefix="interop-inspector2-") as work:
         try:
             modern_log = Path(work) / "modern.log"
