@@ -22,7 +22,7 @@ from mcp.types import CallToolResult, Request, Result
 from pydantic import ConfigDict
 
 from qolaba_mcp.sandbox import SandboxServer
-from qolaba_mcp.server._task_ext import CANCEL_NOTE
+from qolaba_mcp.server._task_views import CANCEL_NOTE
 
 from .conftest import HttpServer, memory_server, server_env
 from .test_tasks import PROMPT, CreatedTask, Legacy, Modern, TaskIdParams

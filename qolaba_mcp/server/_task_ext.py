@@ -20,7 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -33,7 +32,6 @@ from mcp.types import (
     CallToolRequestParams,
     CallToolResult,
     RequestParams,
-    TextContent,
     ToolExecution,
 )
 from mcp.types import Tool as ListedTool
@@ -46,22 +44,24 @@ from ..generations._rows import Recorded
 from ..ledger import ACTIVE_STATES, LedgerError, LedgerRow, Query
 from ._calls import app_of, client_key
 from ._context import AppContext
+from ._task_views import (
+    LEGACY,
+    MAX_POLL_S,
+    MODERN,
+    TaskView,
+    cancelled_result,
+    cancelled_view,
+    listed_view,
+    progress_text,
+)
 
 log = logging.getLogger("qolaba_mcp.server")
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
-LEGACY = "2025-11-25"  # the one handshake-era version with tasks
-MODERN = "2026-07-28"
 MISSING_CAPABILITY = -32021  # the spec's Missing Required Client Capability
 TASK_TOOLS = frozenset({"generate_image", "get_task"})
-MIN_POLL_S = 1.0  # at most one poll a second: the API is asked at most that often per task
-MAX_POLL_S = 5.0
-CANCEL_NOTE = (
-    "Cancelled: this server stopped following the generation. Qolaba has no way to cancel it, so it may still "
-    "finish and be charged; list_generations and get_task still show it."
-)
 
 
 @dataclass
@@ -96,38 +96,6 @@ class UpdateParams(TaskIdParams):
 
 class ListParams(RequestParams):
     cursor: str | None = None
-
-
-@dataclass
-class TaskView:
-    """A task as both eras show it, before their field names differ."""
-
-    task_id: str
-    status: str
-    created_at: float
-    updated_at: float
-    message: str | None = None
-    poll_s: float = MIN_POLL_S
-    result: dict[str, Any] | None = None
-    ttl_ms: int | None = None  # what a 2025-11-25 creator asked for; None: kept without limit
-
-    def fields(self, era: str) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "taskId": self.task_id,
-            "status": self.status,
-            "createdAt": _iso(self.created_at),
-            "lastUpdatedAt": _iso(self.updated_at),
-        }
-        if self.message:
-            out["statusMessage"] = self.message
-        # The ledger keeps every generation (no retention), so the task never expires here and a requested ttl is
-        # honoured as asked; its image URLs are the API's, and a finished task answers from the ledger after the
-        # API forgets it. 2026-07-28 has no requested ttl.
-        if era == MODERN:
-            out.update(ttlMs=None, pollIntervalMs=round(self.poll_s * 1000))
-        else:
-            out.update(ttl=self.ttl_ms, pollInterval=round(self.poll_s * 1000))
-        return out
 
 
 @dataclass
@@ -251,7 +219,7 @@ class TasksExtension(Extension):
                 code=INVALID_PARAMS,
                 message=f"Task {params.task_id[:80]!r} is already {terminal}: a task that ended cannot be cancelled",
             )
-        return _cancelled_view(row).fields(LEGACY)
+        return cancelled_view(row).fields(LEGACY)
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateParams) -> dict[str, Any]:
         # No task of ours ever asks for input, so every response is to a key never issued: ignored, as the spec says.
@@ -281,7 +249,7 @@ class TasksExtension(Extension):
             self._seen.clear()
         await _notify(ctx, "notifications/tasks/status", view.fields(LEGACY))
         if view.status == "cancelled":
-            result = _cancelled_result(params.task_id)
+            result = cancelled_result(params.task_id)
         else:
             result = view.result or await self._tool_result(ctx, params.task_id)
         meta = dict(result.get("_meta") or {})
@@ -297,7 +265,7 @@ class TasksExtension(Extension):
             rows, cursor = await app.generations.history(Query(cursor=params.cursor, limit=50), api_key=key)
         except (LedgerError, ValueError, QolabaError) as exc:
             raise MCPError(code=INVALID_PARAMS, message=f"Tasks cannot be listed: {exc}") from exc
-        tasks = [_listed(row).fields(LEGACY) for row in rows if row.task_id is not None]
+        tasks = [listed_view(row).fields(LEGACY) for row in rows if row.task_id is not None]
         return {"tasks": tasks, **({"nextCursor": cursor} if cursor else {})}
 
     # --- one task's state --------------------------------------------------------------------------------------
@@ -310,7 +278,7 @@ class TasksExtension(Extension):
         if row is None:
             raise _not_found(task_id)
         if row.cancelled_at is not None:
-            return _cancelled_view(row)  # from the ledger, forever: the API is not asked
+            return cancelled_view(row)  # from the ledger, forever: the API is not asked
         mark = (row.principal, task_id)
         seen = self._seen.get(mark)
         if seen is not None and time.monotonic() - seen.at < seen.view.poll_s / 2:
@@ -334,13 +302,13 @@ class TasksExtension(Extension):
             # landed first, and wins: a client may have been told "cancelled" already.
             latest = await _row(context, task_id)
             if latest is not None and latest.cancelled_at is not None:
-                return _cancelled_view(latest)
+                return cancelled_view(latest)
         if generation.done or generation.status == "UNKNOWN":
             view.status = "completed"  # a failed generation is a tool error: completed, with isError
             view.result = await self._tool_result(ctx, task_id)
             view.message = f"{generation.status} after {time.time() - row.created_at:.0f} s."
         else:
-            view.message, view.poll_s = _progress(generation, messages, time.time() - row.created_at)
+            view.message, view.poll_s = progress_text(generation, messages, time.time() - row.created_at)
         self._seen[mark] = _Seen(time.monotonic(), view)
         return view
 
@@ -462,51 +430,8 @@ async def _keep_ttl(context: Context[AppContext], row: LedgerRow, ttl_ms: int) -
         return row
 
 
-def _cancelled_view(row: LedgerRow) -> TaskView:
-    assert row.task_id is not None and row.cancelled_at is not None
-    return TaskView(row.task_id, "cancelled", row.created_at, row.cancelled_at, CANCEL_NOTE, ttl_ms=row.task_ttl_ms)
-
-
-def _listed(row: LedgerRow) -> TaskView:
-    """A task as tasks/list shows it: from its row alone (the API is not asked)."""
-    assert row.task_id is not None
-    if row.cancelled_at is not None:
-        return _cancelled_view(row)
-    status = "working" if row.state in ACTIVE_STATES else "completed"
-    return TaskView(row.task_id, status, row.created_at, row.updated_at, ttl_ms=row.task_ttl_ms)
-
-
-def _cancelled_result(task_id: str) -> dict[str, Any]:
-    """tasks/result of a cancelled task: the call ended without its images, as a tool error the agent can act on."""
-    text = f"{CANCEL_NOTE} Its task_id is {task_id}."
-    result = CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
-    return result.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
 def _not_found(task_id: str) -> MCPError:
     return MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: Task not found ({task_id[:80]!r})")
-
-
-def _progress(
-    generation: Recorded, messages: list[tuple[float, float | None, str]], elapsed: float
-) -> tuple[str, float]:
-    """The working task's status message (state, percent, elapsed, what next) and the poll interval to suggest."""
-    fraction = None
-    text: str = generation.status
-    if messages:
-        done, total, message = messages[-1]
-        text = message
-        if total:
-            fraction = done / total
-    percent = f", {fraction:.0%}" if fraction is not None and "%" not in text else ""
-    poll = MIN_POLL_S
-    if fraction is not None and 0 < fraction < 1 and elapsed > 0:
-        poll = min(MAX_POLL_S, max(MIN_POLL_S, elapsed * (1 - fraction) / fraction + 0.05))
-    return f"{text}{percent}; {elapsed:.0f} s elapsed. Next: poll tasks/get in {poll:.0f} s for the images.", poll
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def with_task_support(tool: ListedTool) -> ListedTool:
