@@ -20,7 +20,7 @@ from qolaba_mcp.ledger import (
     open_ledger,
 )
 from qolaba_mcp.money._budget import DailyBudget
-from tests.test_ledger_store import ALICE, BOB, NOW, backend, concurrently, new, raw
+from tests.test_ledger_store import ALICE, BOB, NOW, backend, concurrently, make_old_ledger, new, raw
 
 pytestmark = pytest.mark.anyio
 
@@ -293,14 +293,8 @@ async def test_an_empty_database_gets_the_spend_columns(ledger_url: str, store: 
 async def test_a_version_one_database_is_migrated_and_keeps_its_rows(
     ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = backend(ledger_url)
-    with monkeypatch.context() as patch:
-        patch.setattr(module, "_MIGRATIONS", module._MIGRATIONS[:1])
-        old = open_ledger(ledger_url)
-        await old.open()
-        await old.close()
-    assert await raw(ledger_url, "SELECT schema_version FROM meta") == [(1,)]
-    false = "0" if module.__name__.endswith("_sqlite") else "false"
+    await make_old_ledger(ledger_url, 1, monkeypatch)
+    false = "0" if backend(ledger_url).__name__.endswith("_sqlite") else "false"
     for row_id, cost in (("old-1", "0.25"), ("old-2", "NULL")):
         await raw(
             ledger_url,
@@ -344,12 +338,7 @@ async def test_a_version_two_database_gets_its_spend_summed_by_the_minute(
     ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The minute sums of schema 3 are filled from the rows a version-2 ledger already holds."""
-    module = backend(ledger_url)
-    with monkeypatch.context() as patch:
-        patch.setattr(module, "_MIGRATIONS", module._MIGRATIONS[:2])
-        old = open_ledger(ledger_url)
-        await old.open()
-        await old.close()
+    await make_old_ledger(ledger_url, 2, monkeypatch)
     # Rows as a version-2 ledger holds them (today's code writes columns that version has not got).
     for n, (at, cost, held) in enumerate([(NOW - DAY - 5, 9.0, 0.0), (NOW - DAY + 5, 0.10, 0.0),
                                           (NOW - DAY + 30, None, 0.05), (NOW - 3600, 0.02, 0.0),

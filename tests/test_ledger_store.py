@@ -84,6 +84,17 @@ async def raw(url: str, sql: str) -> list[tuple[Any, ...]]:
         await conn.close()
 
 
+async def make_old_ledger(url: str, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ledger at ``url`` with the schema of ``version``: as an older qolaba-mcp left it, to migrate from."""
+    module = backend(url)
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "_MIGRATIONS", module._MIGRATIONS[:version])
+        old = open_ledger(url)
+        await old.open()
+        await old.close()
+    assert await raw(url, "SELECT schema_version FROM meta") == [(version,)]
+
+
 async def concurrently(times: int, *calls: Callable[[], Awaitable[T]]) -> list[T]:
     """``times`` calls started together, taking turns through ``calls``; their results."""
     results: list[T] = []

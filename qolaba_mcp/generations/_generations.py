@@ -99,6 +99,20 @@ class Generations:
             return None
         return await self._recorded.ledger.by_task(task_id, principal=self._recorded.principal(api_key))
 
+    async def cancel_task(self, row_id: str, *, now: float) -> tuple[LedgerRow, bool]:
+        """Record that a generation's MCP task was cancelled (the generation goes on: Qolaba cannot cancel it), at
+        once rather than queued: the caller is told only once it is kept. See ``LedgerStore.cancel_task``."""
+        return await self._task_ledger().cancel_task(row_id, now=now)
+
+    async def keep_task_ttl(self, row_id: str, *, ttl_ms: int) -> LedgerRow:
+        """Record the ttl asked for a generation's MCP task, at once. See ``LedgerStore.keep_task_ttl``."""
+        return await self._task_ledger().keep_task_ttl(row_id, ttl_ms=ttl_ms)
+
+    def _task_ledger(self) -> LedgerStore:
+        if self._recorded is None:  # a task is a ledger row: without the ledger there are none
+            raise NoLedgerError("There are no tasks: the ledger is off (QOLABA_LEDGER_URL=off).")
+        return self._recorded.ledger
+
     async def finish(
         self, generation: Recorded, *, save: bool | None, wait_seconds: float, started: float | None = None
     ) -> tuple[Recorded, Delivered | None]:

@@ -16,7 +16,7 @@ from ._records import LedgerRow
 COLUMNS = (
     "id, principal, api_base, request_hash, request, model, prompt, inputs, state, task_id, created_at, updated_at,"
     " finished_at, images, usage, cost_usd, error, saved_files, delivered, estimate_usd, reserved_usd, owner,"
-    " lease_until"
+    " lease_until, cancelled_at, task_ttl_ms"
 )
 MAX_SEARCH_WORDS = 16  # a longer search keeps its first words: enough to find anything, bounded cost
 MIN_PREFIX = 2  # a last word this long also matches as a prefix; "s*" would merge the lists of every word in s

@@ -26,6 +26,7 @@ from ._postgres_schema import (
     _MIGRATIONS,
     _SQL_ANALYZE,
     _SQL_BY_TASK,
+    _SQL_CANCEL_TASK,
     _SQL_DELIVER,
     _SQL_EXPIRE,
     _SQL_GET,
@@ -48,6 +49,7 @@ from ._postgres_schema import (
     _SQL_SPEND,
     _SQL_SPEND_BY_MODEL,
     _SQL_SPEND_LOCK,
+    _SQL_TASK_TTL,
     _SQL_TOUCH,
     _SQL_UPDATE,
     _SQL_VERSION,
@@ -167,6 +169,17 @@ class PostgresLedger:
         async with self._connection() as conn:
             status: str = await conn.execute(_SQL_DELIVER, row_id)
         return status == "UPDATE 1"
+
+    async def cancel_task(self, row_id: str, *, now: float) -> tuple[LedgerRow, bool]:
+        async with self._connection() as conn:
+            cancelled = await conn.fetchrow(_SQL_CANCEL_TASK, row_id, now)
+            found = cancelled or await conn.fetchrow(_SQL_GET, row_id)
+        if found is None:
+            raise LedgerError(f"no generation {row_id!r} in the ledger")
+        return _to_row(found), cancelled is not None
+
+    async def keep_task_ttl(self, row_id: str, *, ttl_ms: int) -> LedgerRow:
+        return await self._change(row_id, _SQL_TASK_TTL, ttl_ms)
 
     async def get(self, row_id: str) -> LedgerRow | None:
         async with self._connection() as conn:

@@ -96,6 +96,13 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE generations ADD COLUMN owner text;
     ALTER TABLE generations ADD COLUMN lease_until double precision;
     """,
+    # 5: MCP tasks kept whole in the ledger. cancelled_at is when a generation's task was cancelled (the generation
+    # itself goes on: Qolaba cannot cancel), task_ttl_ms the retention its creator asked for. Rows from version 4 have
+    # neither: their tasks were never cancelled here, and asked for no ttl.
+    """
+    ALTER TABLE generations ADD COLUMN cancelled_at double precision;
+    ALTER TABLE generations ADD COLUMN task_ttl_ms bigint;
+    """,
 ]
 
 _COLUMNS = COLUMNS
@@ -135,6 +142,11 @@ _SQL_UPDATE = f"""UPDATE generations SET
     error = coalesce($8, error), saved_files = coalesce($9, saved_files), updated_at = $10
     WHERE id = $1 RETURNING {_COLUMNS}"""
 _SQL_DELIVER = "UPDATE generations SET delivered = true WHERE id = $1 AND NOT delivered"
+# The states are ACTIVE_STATES: a task whose generation ended has a terminal status, which never changes. One
+# statement: of two replicas cancelling at once, the second finds cancelled_at set and changes nothing.
+_SQL_CANCEL_TASK = f"""UPDATE generations SET cancelled_at = $2
+    WHERE id = $1 AND cancelled_at IS NULL AND state IN ('submitting', 'submitted', 'running') RETURNING {_COLUMNS}"""
+_SQL_TASK_TTL = f"UPDATE generations SET task_ttl_ms = coalesce(task_ttl_ms, $2) WHERE id = $1 RETURNING {_COLUMNS}"
 _SQL_EXPIRE = """UPDATE generations SET state = 'unknown', error = coalesce(error, $3), updated_at = $1
     WHERE state = 'submitting' AND (lease_until < $1 OR updated_at < $2)"""
 _SQL_ANALYZE = "ANALYZE generations"

@@ -20,6 +20,10 @@ database) cannot together pass a budget. What counts as spent, per row created i
 known, else ``reserved_usd``. The hold then ends one of three ways: ``settle`` (the actual cost replaces it),
 ``release`` (the task failed: nothing was spent), or not at all (a submission in state ``unknown`` may have been
 paid for, so its reservation keeps counting until it ages out of the window). A negative amount counts as 0.
+
+A row whose generation became an MCP task keeps what the task needs beyond the generation: ``task_ttl_ms``, the
+retention its creator asked for, and ``cancelled_at``, set once by ``cancel_task``. Qolaba cannot cancel, so the
+generation goes on (and its row with it); the task stays cancelled, whatever the generation does next.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 LedgerState = Literal["submitting", "submitted", "running", "succeeded", "failed", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"submitting", "submitted", "running"})
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SPEND_WINDOW_S = 86_400.0  # a daily budget's window
 # The backends keep each principal's spend summed by the minute (the minute of created_at, kept in step with the
 # rows by triggers), so a budget check adds up at most a day of minutes and the rows of the window's first, partial
@@ -103,6 +107,8 @@ class LedgerRow(NewGeneration):
     saved_files: list[str | None] = Field(default_factory=list)
     delivered: bool = False
     reserved_usd: float = Field(default=0.0, description="Money held while the cost is not yet known.")
+    cancelled_at: float | None = Field(default=None, description="When its MCP task was cancelled (Unix seconds).")
+    task_ttl_ms: int | None = Field(default=None, description="The retention its MCP task's creator asked for.")
 
 
 class Reservation(BaseModel):
@@ -236,6 +242,15 @@ class LedgerStore(Protocol):
         """Record that a caller received the result; True for the first caller only."""
 
     async def get(self, row_id: str) -> LedgerRow | None: ...
+
+    async def cancel_task(self, row_id: str, *, now: float) -> tuple[LedgerRow, bool]:
+        """Atomically, mark the row's task cancelled at ``now`` if it is not cancelled already and its generation is
+        still active (ACTIVE_STATES): the row after, and whether this call cancelled it. A task that ended, or that
+        another call cancelled first, is left as it is. A LedgerError if there is no such row."""
+
+    async def keep_task_ttl(self, row_id: str, *, ttl_ms: int) -> LedgerRow:
+        """Record the retention (milliseconds) asked for the row's task, unless one is recorded already (a task's
+        ttl, once reported, never changes); the row after. A LedgerError if there is no such row."""
 
     async def last_delivered(
         self, *, principal: str, api_base: str, request_hash: str, since: float

@@ -46,6 +46,7 @@ from ._sqlite_schema import (
     _JSON_COLUMNS,
     _MIGRATIONS,
     _SQL_BY_TASK,
+    _SQL_CANCEL_TASK,
     _SQL_COUNT_MATCHES,
     _SQL_DELIVER,
     _SQL_EXPIRE,
@@ -67,6 +68,7 @@ from ._sqlite_schema import (
     _SQL_SETTLE,
     _SQL_SPEND,
     _SQL_SPEND_BY_MODEL,
+    _SQL_TASK_TTL,
     _SQL_TOUCH,
     _SQL_UPDATE,
     _SQL_VERSION,
@@ -173,6 +175,19 @@ class SQLiteLedger:
 
     async def mark_delivered(self, row_id: str) -> bool:
         return await self._write(lambda conn: conn.execute(_SQL_DELIVER, (row_id,)).rowcount == 1)
+
+    async def cancel_task(self, row_id: str, *, now: float) -> tuple[LedgerRow, bool]:
+        def run(conn: sqlite3.Connection) -> tuple[LedgerRow, bool]:
+            changed = conn.execute(_SQL_CANCEL_TASK, (now, row_id)).rowcount == 1
+            found = conn.execute(_SQL_GET, (row_id,)).fetchone()
+            if found is None:
+                raise LedgerError(f"no generation {row_id!r} in the ledger")
+            return _to_row(found), changed
+
+        return await self._write(run)
+
+    async def keep_task_ttl(self, row_id: str, *, ttl_ms: int) -> LedgerRow:
+        return await self._change(row_id, _SQL_TASK_TTL, (ttl_ms, row_id))
 
     async def get(self, row_id: str) -> LedgerRow | None:
         found = await self._read(lambda conn: conn.execute(_SQL_GET, (row_id,)).fetchone())

@@ -109,6 +109,13 @@ _MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE generations ADD COLUMN owner TEXT",
         "ALTER TABLE generations ADD COLUMN lease_until REAL",
     ),
+    # 5: MCP tasks kept whole in the ledger. cancelled_at is when a generation's task was cancelled (the generation
+    # itself goes on: Qolaba cannot cancel), task_ttl_ms the retention its creator asked for. Rows from version 4 have
+    # neither: their tasks were never cancelled here, and asked for no ttl.
+    (
+        "ALTER TABLE generations ADD COLUMN cancelled_at REAL",
+        "ALTER TABLE generations ADD COLUMN task_ttl_ms INTEGER",
+    ),
 ]
 
 _COLUMNS = COLUMNS
@@ -121,7 +128,7 @@ _SQL_SET_VERSION = "UPDATE meta SET schema_version = ?"
 _SQL_INSERT = f"""INSERT INTO generations ({_COLUMNS}) VALUES (
     :id, :principal, :api_base, :request_hash, :request, :model, :prompt, :inputs, :state, :task_id, :created_at,
     :updated_at, :finished_at, :images, :usage, :cost_usd, :error, :saved_files, :delivered, :estimate_usd,
-    :reserved_usd, :owner, :lease_until)"""
+    :reserved_usd, :owner, :lease_until, :cancelled_at, :task_ttl_ms)"""
 # The states are ACTIVE_STATES, plus a succeeded result nobody has received yet.
 _SQL_JOINABLE = f"""SELECT {_COLUMNS} FROM generations
     WHERE principal = ? AND request_hash = ? AND api_base = ? AND created_at >= ?
@@ -150,6 +157,10 @@ _SQL_UPDATE = """UPDATE generations SET
     saved_files = coalesce(:saved_files, saved_files), updated_at = :now
     WHERE id = :id"""
 _SQL_DELIVER = "UPDATE generations SET delivered = 1 WHERE id = ? AND delivered = 0"
+# The states are ACTIVE_STATES: a task whose generation ended has a terminal status, which never changes.
+_SQL_CANCEL_TASK = """UPDATE generations SET cancelled_at = ?
+    WHERE id = ? AND cancelled_at IS NULL AND state IN ('submitting', 'submitted', 'running')"""
+_SQL_TASK_TTL = "UPDATE generations SET task_ttl_ms = coalesce(task_ttl_ms, ?) WHERE id = ?"
 _SQL_EXPIRE = """UPDATE generations SET state = 'unknown', error = coalesce(error, ?), updated_at = ?
     WHERE state = 'submitting' AND (lease_until < ? OR updated_at < ?)"""
 _SQL_SPEND = "SELECT total(cost_usd) FROM generations WHERE principal = ? AND created_at >= ?"

@@ -31,7 +31,8 @@ from ._resources import add_resources, read_image_link
 from ._results import (
     argument_errors,
 )
-from ._task_ext import LEGACY, TasksExtension, with_task_support
+from ._task_ext import TasksExtension, with_task_support
+from ._task_views import LEGACY
 from ._tasks import gallery_image_tool, get_task_tool
 
 log = logging.getLogger("qolaba_mcp.server")

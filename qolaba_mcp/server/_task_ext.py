@@ -7,7 +7,9 @@
   ``tasks/list`` and ``tasks/cancel`` (the SDK leaves them out of its method tables, so they are served here).
 
 Nothing is kept in this process that a task needs: any replica on the ledger, or this server after a restart,
-answers it (a cancel is the exception: Qolaba cannot cancel, so it only stops this process reporting progress).
+answers it. A cancel is kept in the ledger too: Qolaba cannot cancel, so the generation goes on (get_task and
+list_generations follow it), but the task is ``cancelled`` from then on, everywhere. A 2025-11-25 ``ttl`` is kept
+with the task and reported as asked: the ledger keeps every row, so any retention asked for is honoured.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -26,7 +27,13 @@ from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS, CallToolRequestParams, CallToolResult, RequestParams, ToolExecution
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolRequestParams,
+    CallToolResult,
+    RequestParams,
+    ToolExecution,
+)
 from mcp.types import Tool as ListedTool
 from pydantic import BaseModel, Field, SecretStr
 
@@ -34,25 +41,27 @@ from .._errors import QolabaError, TaskNotFoundError
 from ..api._wire import is_safe_task_id
 from ..generations._pacing import ProgressFn
 from ..generations._rows import Recorded
-from ..ledger import LedgerError, LedgerRow, Query
+from ..ledger import ACTIVE_STATES, LedgerError, LedgerRow, Query
 from ._calls import app_of, client_key
 from ._context import AppContext
+from ._task_views import (
+    LEGACY,
+    MAX_POLL_S,
+    MODERN,
+    TaskView,
+    cancelled_result,
+    cancelled_view,
+    listed_view,
+    progress_text,
+)
 
 log = logging.getLogger("qolaba_mcp.server")
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
-LEGACY = "2025-11-25"  # the one handshake-era version with tasks
-MODERN = "2026-07-28"
 MISSING_CAPABILITY = -32021  # the spec's Missing Required Client Capability
 TASK_TOOLS = frozenset({"generate_image", "get_task"})
-MIN_POLL_S = 1.0  # at most one poll a second: the API is asked at most that often per task
-MAX_POLL_S = 5.0
-CANCEL_NOTE = (
-    "Cancelled: this server stopped following the generation. Qolaba has no way to cancel it, so it may still "
-    "finish and be charged; list_generations and get_task still show it."
-)
 
 
 @dataclass
@@ -90,36 +99,6 @@ class ListParams(RequestParams):
 
 
 @dataclass
-class TaskView:
-    """A task as both eras show it, before their field names differ."""
-
-    task_id: str
-    status: str
-    created_at: float
-    updated_at: float
-    message: str | None = None
-    poll_s: float = MIN_POLL_S
-    result: dict[str, Any] | None = None
-
-    def fields(self, era: str) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "taskId": self.task_id,
-            "status": self.status,
-            "createdAt": _iso(self.created_at),
-            "lastUpdatedAt": _iso(self.updated_at),
-        }
-        if self.message:
-            out["statusMessage"] = self.message
-        # The ledger keeps every generation (no retention), so the task never expires here; its image URLs are
-        # the API's, and a finished task answers from the ledger after the API forgets it.
-        if era == MODERN:
-            out.update(ttlMs=None, pollIntervalMs=round(self.poll_s * 1000))
-        else:
-            out.update(ttl=None, pollInterval=round(self.poll_s * 1000))
-        return out
-
-
-@dataclass
 class _Seen:
     at: float
     view: TaskView
@@ -131,7 +110,6 @@ class TasksExtension(Extension):
 
     identifier = EXTENSION
     _server: MCPServer | None = None
-    _cancelled: set[tuple[str, str]] = field(default_factory=set)  # (principal, task id) this process stopped
     _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)  # the last answer, for a too-quick poll
 
     def bind(self, server: MCPServer) -> None:
@@ -156,9 +134,10 @@ class TasksExtension(Extension):
         if params.name not in TASK_TOOLS or ctx.protocol_version != MODERN or not _opted_in(ctx.params):
             return await call_next(ctx)
         result, generation = await _as_task(ctx, call_next)
-        if generation is None:
+        view = None if generation is None else await self._created(ctx, generation, ttl_ms=None)
+        if view is None:
             return result
-        return {"resultType": "task", **(await self._created(ctx, generation)).fields(MODERN)}
+        return {"resultType": "task", **view.fields(MODERN)}
 
     async def legacy_middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """2025-11-25: ``capabilities.tasks`` in initialize, and ``tools/call`` with ``params.task``."""
@@ -179,11 +158,16 @@ class TasksExtension(Extension):
         if params.get("name") not in TASK_TOOLS:
             return await call_next(ctx)
         result, generation = await _as_task(ctx, call_next)
-        if generation is None:
+        view = None if generation is None else await self._created(ctx, generation, ttl_ms=task.get("ttl"))
+        if view is None:
             return result
-        return {"task": (await self._created(ctx, generation)).fields(LEGACY)}
+        return {"task": view.fields(LEGACY)}
 
-    async def _created(self, ctx: ServerRequestContext[Any, Any], generation: Recorded) -> TaskView:
+    async def _created(
+        self, ctx: ServerRequestContext[Any, Any], generation: Recorded, *, ttl_ms: int | None
+    ) -> TaskView | None:
+        """The new task's first view, its ttl recorded first; None when the call joined a task its creator has
+        cancelled (answered as a plain call: its result names the generation for get_task)."""
         assert generation.task_id is not None
         now = time.time()
         view = TaskView(
@@ -195,8 +179,12 @@ class TasksExtension(Extension):
         )
         context = self._context(ctx)
         row = await _row(context, generation.task_id)
+        if row is not None and ttl_ms is not None:
+            row = await _keep_ttl(context, row, ttl_ms)
         if row is not None:
-            view.created_at, view.updated_at = row.created_at, row.updated_at
+            if row.cancelled_at is not None:
+                return None
+            view.created_at, view.updated_at, view.ttl_ms = row.created_at, row.updated_at, row.task_ttl_ms
         return view
 
     # --- the methods -------------------------------------------------------------------------------------------
@@ -210,18 +198,28 @@ class TasksExtension(Extension):
         return out
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
-        _declared(ctx)
+        """A working task becomes ``cancelled`` in the ledger before the answer; a terminal one keeps its status."""
+        era = _declared(ctx)
         context = self._context(ctx)
         row = await _row(context, params.task_id)
         if row is None:
             raise _not_found(params.task_id)
-        view = await self._view(ctx, params.task_id)
-        if view.status == "working":
-            self._cancelled.add((row.principal, params.task_id))
-            self._seen.pop((row.principal, params.task_id), None)
-        if _era(ctx) == LEGACY:  # 2025-11-25 answers with the task; 2026-07-28 with an empty acknowledgement
-            return (await self._view(ctx, params.task_id)).fields(LEGACY)
-        return {}
+        terminal: str | None = "cancelled"
+        if row.cancelled_at is None:
+            terminal = (await self._view(ctx, params.task_id)).status
+            if terminal == "working":
+                row = await _record_cancel(context, row)
+                self._seen.pop((row.principal, params.task_id), None)
+                # Cancelled by this call or by another at the same moment; else the generation ended meanwhile.
+                terminal = None if row.cancelled_at is not None else "completed"
+        if era == MODERN:  # an empty acknowledgement, whatever happened (the spec's eventual consistency)
+            return {}
+        if terminal is not None:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"Task {params.task_id[:80]!r} is already {terminal}: a task that ended cannot be cancelled",
+            )
+        return cancelled_view(row).fields(LEGACY)
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateParams) -> dict[str, Any]:
         # No task of ours ever asks for input, so every response is to a key never issued: ignored, as the spec says.
@@ -231,7 +229,8 @@ class TasksExtension(Extension):
         return {}
 
     async def _result(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
-        """2025-11-25: wait until the task ends, then the tool's own result."""
+        """2025-11-25: wait until the task ends, then the tool's own result (a cancelled task's: a tool error that
+        says so and names the generation, which get_task still follows)."""
         context = self._context(ctx)
         app = app_of(context)
         progress = _related_progress(ctx, params.task_id)
@@ -249,7 +248,10 @@ class TasksExtension(Extension):
                 )
             self._seen.clear()
         await _notify(ctx, "notifications/tasks/status", view.fields(LEGACY))
-        result = view.result or await self._tool_result(ctx, params.task_id)
+        if view.status == "cancelled":
+            result = cancelled_result(params.task_id)
+        else:
+            result = view.result or await self._tool_result(ctx, params.task_id)
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": params.task_id}
         return {**result, "_meta": meta}
@@ -263,13 +265,7 @@ class TasksExtension(Extension):
             rows, cursor = await app.generations.history(Query(cursor=params.cursor, limit=50), api_key=key)
         except (LedgerError, ValueError, QolabaError) as exc:
             raise MCPError(code=INVALID_PARAMS, message=f"Tasks cannot be listed: {exc}") from exc
-        tasks = []
-        for row in rows:
-            if row.task_id is None:
-                continue
-            cancelled = (row.principal, row.task_id) in self._cancelled and row.state in ("submitted", "running")
-            status = "cancelled" if cancelled else ("working" if row.state in ("submitted", "running") else "completed")
-            tasks.append(TaskView(row.task_id, status, row.created_at, row.updated_at).fields(LEGACY))
+        tasks = [listed_view(row).fields(LEGACY) for row in rows if row.task_id is not None]
         return {"tasks": tasks, **({"nextCursor": cursor} if cursor else {})}
 
     # --- one task's state --------------------------------------------------------------------------------------
@@ -281,6 +277,8 @@ class TasksExtension(Extension):
         row = await _row(context, task_id)
         if row is None:
             raise _not_found(task_id)
+        if row.cancelled_at is not None:
+            return cancelled_view(row)  # from the ledger, forever: the API is not asked
         mark = (row.principal, task_id)
         seen = self._seen.get(mark)
         if seen is not None and time.monotonic() - seen.at < seen.view.poll_s / 2:
@@ -290,7 +288,7 @@ class TasksExtension(Extension):
         async def progress(done: float, total: float | None, message: str) -> None:
             messages.append((done, total, message))
 
-        view = TaskView(task_id, "working", row.created_at, time.time())
+        view = TaskView(task_id, "working", row.created_at, time.time(), ttl_ms=row.task_ttl_ms)
         try:
             generation = await app.generations.get(task_id, wait_seconds=0, on_progress=progress, api_key=key)
         except TaskNotFoundError:
@@ -299,14 +297,18 @@ class TasksExtension(Extension):
             view.message = f"Could not reach Qolaba this time ({exc.message}); the generation goes on. Poll again."
             view.poll_s = MAX_POLL_S
             return view
-        if mark in self._cancelled and not generation.done:
-            view.status, view.message = "cancelled", CANCEL_NOTE
-        elif generation.done or generation.status == "UNKNOWN":
+        if generation.done and row.state in ACTIVE_STATES:
+            # Its end was recorded just now. A cancel lands only while the row is active, so one that is there now
+            # landed first, and wins: a client may have been told "cancelled" already.
+            latest = await _row(context, task_id)
+            if latest is not None and latest.cancelled_at is not None:
+                return cancelled_view(latest)
+        if generation.done or generation.status == "UNKNOWN":
             view.status = "completed"  # a failed generation is a tool error: completed, with isError
             view.result = await self._tool_result(ctx, task_id)
             view.message = f"{generation.status} after {time.time() - row.created_at:.0f} s."
         else:
-            view.message, view.poll_s = _progress(generation, messages, time.time() - row.created_at)
+            view.message, view.poll_s = progress_text(generation, messages, time.time() - row.created_at)
         self._seen[mark] = _Seen(time.monotonic(), view)
         return view
 
@@ -407,30 +409,29 @@ async def _row(context: Context[AppContext], task_id: str) -> LedgerRow | None:
         raise MCPError(code=-32603, message=f"The task ledger cannot be read now ({exc}); retry shortly.") from exc
 
 
+async def _record_cancel(context: Context[AppContext], row: LedgerRow) -> LedgerRow:
+    """Cancel the row's task in the ledger, written before the caller is answered; -32603 when it cannot be."""
+    try:
+        cancelled, _ = await app_of(context).generations.cancel_task(row.id, now=time.time())
+    except (LedgerError, QolabaError) as exc:
+        raise MCPError(
+            code=-32603, message=f"The cancellation could not be recorded ({exc}); the task goes on. Retry shortly."
+        ) from exc
+    return cancelled
+
+
+async def _keep_ttl(context: Context[AppContext], row: LedgerRow, ttl_ms: int) -> LedgerRow:
+    """Record a new task's requested ttl. If the ledger cannot take it now, the task is still returned (its paid
+    generation is under way), reporting the ttl the ledger holds: none, as every row is kept without limit."""
+    try:
+        return await app_of(context).generations.keep_task_ttl(row.id, ttl_ms=ttl_ms)
+    except (LedgerError, QolabaError) as exc:
+        log.warning("the ttl of task %s could not be recorded (%s); it is reported as unlimited", row.task_id, exc)
+        return row
+
+
 def _not_found(task_id: str) -> MCPError:
     return MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: Task not found ({task_id[:80]!r})")
-
-
-def _progress(
-    generation: Recorded, messages: list[tuple[float, float | None, str]], elapsed: float
-) -> tuple[str, float]:
-    """The working task's status message (state, percent, elapsed, what next) and the poll interval to suggest."""
-    fraction = None
-    text: str = generation.status
-    if messages:
-        done, total, message = messages[-1]
-        text = message
-        if total:
-            fraction = done / total
-    percent = f", {fraction:.0%}" if fraction is not None and "%" not in text else ""
-    poll = MIN_POLL_S
-    if fraction is not None and 0 < fraction < 1 and elapsed > 0:
-        poll = min(MAX_POLL_S, max(MIN_POLL_S, elapsed * (1 - fraction) / fraction + 0.05))
-    return f"{text}{percent}; {elapsed:.0f} s elapsed. Next: poll tasks/get in {poll:.0f} s for the images.", poll
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def with_task_support(tool: ListedTool) -> ListedTool:
