@@ -26,6 +26,12 @@ TOKEN = "mcp-token-3f9a1c7e"
 STALLS = 200
 
 
+@pytest.fixture(autouse=True)
+def _sandbox_at_its_defaults(sandbox: SandboxServer) -> None:
+    """This module's servers use the worker's shared sandbox: each test starts from its defaults, whatever the
+    test before it on this worker set (a long latency or a fault there would hold this test's generations)."""
+
+
 @pytest.fixture
 def server(shared_sandbox: SandboxServer) -> Iterator[HttpServer]:
     started = HttpServer(server_env(shared_sandbox.base_url))

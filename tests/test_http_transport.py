@@ -34,6 +34,12 @@ def start_secured(base_url: str) -> HttpServer:
     )
 
 
+@pytest.fixture(autouse=True)
+def _sandbox_at_its_defaults(sandbox: SandboxServer) -> None:
+    """This module's servers use the worker's shared sandbox: each test starts from its defaults, whatever the
+    test before it on this worker set (a long latency or a fault there would hold this test's generations)."""
+
+
 @pytest.fixture(scope="module")
 def secured(shared_sandbox: SandboxServer) -> Iterator[HttpServer]:
     """One server for the tests of what it lets in: they only send requests that need no generation."""
