@@ -8,6 +8,7 @@ on the real PostgreSQL the suite starts.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -26,6 +27,7 @@ from qolaba_mcp.server._task_views import CANCEL_NOTE
 
 from .conftest import HttpServer, memory_server, server_env
 from .test_tasks import PROMPT, CreatedTask, Legacy, Modern, TaskIdParams
+from .test_tasks_transports import LEGACY, HttpPeer, initialized
 
 WAIT_S = 30.0  # the longest any state here may take to arrive
 
@@ -269,3 +271,36 @@ def test_legacy_ttl_is_kept_and_reported_after_a_restart(sandbox: SandboxServer,
         assert restarted.request("tasks/get", {"taskId": plain["taskId"]})["result"]["ttl"] is None
         listed = {task["taskId"]: task["ttl"] for task in restarted.request("tasks/list", {})["result"]["tasks"]}
         assert listed == {asked["taskId"]: 60000, plain["taskId"]: None}
+
+
+def test_a_waiting_tasks_result_ends_soon_after_a_cancel_from_another_replica(
+    sandbox: SandboxServer, postgres_url: str
+) -> None:
+    """tasks/result waits in slices and looks at the ledger between them: a cancel made on another replica ends it
+    long before its 30 s wait (QOLABA_MAX_WAIT_SECONDS in the tests) or the generation (120 s) would have."""
+    sandbox.sandbox.state.config.latency = 120.0
+    env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=postgres_url)
+    one, two = HttpServer(env, "--stateless"), HttpServer(env, "--stateless")
+    try:
+        waiter, canceller = initialized(HttpPeer(one, LEGACY)), initialized(HttpPeer(two, LEGACY))
+        created = waiter.request("tools/call", {"name": "generate_image", "arguments": PROMPT, "task": {}})["result"]
+        task_id = created["task"]["taskId"]
+        answers: list[dict[str, Any]] = []
+        polls = sandbox.sandbox.state.stats()["polls"]
+        thread = threading.Thread(target=lambda: answers.append(waiter.request("tasks/result", {"taskId": task_id})))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sandbox.sandbox.state.stats()["polls"] == polls:  # tasks/result is waiting: it polls the API
+            assert time.monotonic() < deadline, "tasks/result never started waiting"
+            time.sleep(0.05)
+        cancelled_at = time.monotonic()
+        assert cancelled(canceller.request("tasks/cancel", {"taskId": task_id})["result"])
+        thread.join(timeout=60)
+        ended_after = time.monotonic() - cancelled_at
+        (answer,) = answers
+        result = answer["result"]
+        assert result["isError"] and CANCEL_NOTE in result["content"][0]["text"]
+        assert ended_after < 20, f"tasks/result ended {ended_after:.1f} s after the cancel"  # one slice is 5 s
+    finally:
+        one.stop()
+        two.stop()

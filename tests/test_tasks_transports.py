@@ -120,17 +120,17 @@ def peer(request: pytest.FixtureRequest, sandbox: SandboxServer, tmp_path: Any) 
     env = server_env(sandbox.base_url, QOLABA_LEDGER_URL=f"sqlite:///{tmp_path}/ledger.db")
     if transport == "stdio":
         stdio = StdioPeer(env, era)
-        yield _started(stdio)
+        yield initialized(stdio)
         stdio.close()
         return
     http = HttpServer(env, *(["--stateless"] if transport == "http-stateless" else []))
     try:
-        yield _started(HttpPeer(http, era))
+        yield initialized(HttpPeer(http, era))
     finally:
         http.stop()
 
 
-def _started(peer: Peer) -> Peer:
+def initialized(peer: Peer) -> Peer:
     if peer.era == LEGACY:
         capabilities = {"tasks": {}}
         init = peer.request(

@@ -62,6 +62,7 @@ CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 MISSING_CAPABILITY = -32021  # the spec's Missing Required Client Capability
 TASK_TOOLS = frozenset({"generate_image", "get_task"})
+RESULT_SLICE_S = 5.0  # a waiting tasks/result looks at the ledger (for a cancel) at least this often
 
 
 @dataclass
@@ -238,15 +239,17 @@ class TasksExtension(Extension):
             view = await self._view(ctx, params.task_id)
             if view.status != "working":
                 break
-            # The wait is the domain's: it polls at the task's pace; the next view says what is known.
+            # The wait is the domain's: it polls at the task's pace; the next view says what is known. It waits in
+            # slices, so a cancel (from any replica) ends this wait within one slice.
             with contextlib.suppress(QolabaError):
                 await app.generations.get(
                     params.task_id,
-                    wait_seconds=app.settings.max_wait_seconds,
+                    wait_seconds=min(app.settings.max_wait_seconds, RESULT_SLICE_S),
                     on_progress=progress,
                     api_key=_key(context),
                 )
-            self._seen.clear()
+            for mark in [mark for mark in self._seen if mark[1] == params.task_id]:
+                del self._seen[mark]
         await _notify(ctx, "notifications/tasks/status", view.fields(LEGACY))
         if view.status == "cancelled":
             result = cancelled_result(params.task_id)
