@@ -12,53 +12,33 @@ from __future__ import annotations
 import io
 import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import httpx2
-import uvicorn
 from PIL import Image
 from starlette.types import Receive, Scope, Send
 
 from qolaba_mcp.api._wire import ImageOutput
 from qolaba_mcp.images._delivery import Delivery
-from qolaba_mcp.sandbox import Sandbox, SandboxConfig
+from qolaba_mcp.sandbox import SandboxConfig, SandboxServer
 
 IMAGE_PATH = re.compile(r"/_sandbox/images/([^/]+)/([0-9]{1,6})\.png")
 PREVIEW_SIDE = 512  # as qolaba_mcp.images' previews
 PREVIEW_QUALITY = 80  # the first quality a preview tries: what an image that fits its budget is encoded at
 
 
-class PreDrawnSandbox:
+class PreDrawnSandbox(SandboxServer):
     """A sandbox on a background thread whose ``.png`` downloads are served from PNGs drawn in advance."""
 
     def __init__(self, config: SandboxConfig, *, model: str, images: int = 4) -> None:
-        self.sandbox = Sandbox(config)
+        super().__init__(config, front=self._front)
         self._model, self._count = model, images
         self.pngs: dict[tuple[int, int], list[bytes]] = {}  # (width, height) -> the pictures served, by index
         self.served = 0
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self._front,
-                host="127.0.0.1",
-                port=0,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                interface="asgi3",
-            )
-        )
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _front(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = IMAGE_PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
@@ -74,13 +54,7 @@ class PreDrawnSandbox:
         await send({"type": "http.response.body", "body": body})
 
     def start(self) -> Self:
-        self._thread = threading.Thread(target=self._server.run, name="bench-predrawn", daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the pre-drawn sandbox could not start")
-            self._thread.join(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        super().start()
         self._draw()
         return self
 
@@ -104,20 +78,6 @@ class PreDrawnSandbox:
         finally:
             self.sandbox.configure(latency=latency)
         self.pngs[(images[0]["width"], images[0]["height"])] = pictures
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def preview_floor(png: bytes) -> int:

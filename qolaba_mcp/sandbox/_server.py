@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from ._config import SandboxConfig
 from ._routes import Sandbox
@@ -25,11 +26,22 @@ def _quiet_injected_drops() -> None:
 class SandboxServer:
     """A sandbox served by uvicorn on a background thread; ``port=0`` picks a free ephemeral port."""
 
-    def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        front: ASGIApp | None = None,
+    ) -> None:
+        """``front``: an ASGI app served in the sandbox's place, that hands it what it does not answer itself."""
         _quiet_injected_drops()
         self.sandbox = Sandbox(config)
+        app = front or self.sandbox
         self._server = uvicorn.Server(
-            uvicorn.Config(self.sandbox, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", interface="asgi3"
+            )
         )
         self._thread: threading.Thread | None = None
         self.host = host
