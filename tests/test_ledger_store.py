@@ -216,6 +216,25 @@ anyio.run(main)
 """
 
 
+@pytest.mark.anyio
+async def test_a_new_ledger_opens_while_another_process_holds_the_file_for_a_write(tmp_path: Path) -> None:
+    """SQLite refuses to switch a file to WAL at once (no busy wait) while another connection holds a write lock:
+    two processes opening one new ledger met this in CI. The ledger tries again until its busy timeout."""
+    path = tmp_path / "ledger.db"
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as other:
+        other.execute("CREATE TABLE another_process (i)")
+        other.execute("BEGIN IMMEDIATE")
+        store = open_ledger(f"sqlite:///{path}")
+        async with anyio.create_task_group() as group:
+            group.start_soon(store.open)
+            await anyio.sleep(1.0)  # the other process's write takes a second (the adversary, not a wait for state)
+            other.execute("COMMIT")
+        try:
+            assert await store.get("nothing") is None
+        finally:
+            await store.close()
+
+
 def test_identical_calls_from_two_processes_on_one_sqlite_file_make_one_row(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ledger.db"
     args = [sys.executable, "-c", _WORKER, url, new().model_dump_json(), str(NOW)]

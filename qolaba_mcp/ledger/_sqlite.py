@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -404,7 +405,7 @@ class SQLiteLedger:
                 _make_private(Path(self._path))
             conn = self._connect()
             try:
-                conn.execute("PRAGMA journal_mode = WAL")  # readers and a writer at once; remembered by the file
+                self._use_wal(conn)
                 self._migrate(conn)
             except BaseException:
                 conn.close()
@@ -412,6 +413,20 @@ class SQLiteLedger:
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the ledger at {self._path}: {exc}") from exc
         self._writer = conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL: readers and a writer at once; the file remembers it. Switching a new file to it needs the file to
+        itself for a moment, and two processes opening one new ledger at once can find it taken in a way SQLite's
+        busy timeout does not always wait out ("database is locked" at once): tried again until that timeout."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.02)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find the file up to date
